@@ -1,0 +1,238 @@
+"""Which weights and which architecture: the manifest, downloading with verification, building.
+
+`--conf checkpoint` names a manifest entry (model/manifest.json) or a file; `--conf model_config`
+names a SAM2 config shipped with the `sam2` package (e.g. "sam2.1_hiera_t"), one of this project's
+configs (medsam2/configs/*.yaml, e.g. "sam2.1_hiera_micro") or a .yaml path. Checkpoints are only ever
+read with `torch.load(weights_only=True)`: a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+logger = logging.getLogger(__name__)
+
+PROJECT_CONFIGS = Path(__file__).parent / "configs"
+PREDICTOR_TARGET = "medsam2.predictor.VolumePredictor"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be had or used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one model: architecture, resolution, weights (None = random init)."""
+
+    model_config: str
+    image_size: int | None = None
+    checkpoint: Path | None = None
+
+
+def load_manifest(model_dir: Path) -> dict:
+    path = Path(model_dir) / "manifest.json"
+    if not path.exists():
+        return {}
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, expected: str | None) -> None:
+    """Check the digest against the manifest, or against the digest recorded at first download."""
+    record = path.with_name(path.name + ".sha256")
+    if not expected and record.exists():
+        expected = record.read_text().split()[0]
+    if not expected:
+        return
+    actual = sha256_of(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint {path} has sha256 {actual}, expected {expected}: the file is corrupt or not the "
+            f"one named in the manifest. Delete it and let the server download it again, or place the right file."
+        )
+
+
+def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
+    """Download `url` to `dest` with a progress bar; the file appears only once complete and verified."""
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=dest.name, suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, os.fdopen(fd, "wb") as out:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", disable=not progress) as bar:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        digest = sha256_of(tmp)
+        if sha256 and digest != sha256:
+            raise CheckpointError(f"downloaded {url} but its sha256 is {digest}, expected {sha256}; nothing was kept")
+        os.replace(tmp, dest)
+        if not sha256:
+            dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
+            logger.warning("%s has no sha256 in the manifest; recorded %s for later checks", dest.name, digest)
+        return dest
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise CheckpointError(
+            f"could not download the checkpoint from {url} ({e}). Download it on a machine with internet access "
+            f"and place it at {dest}, or start the server with --conf checkpoint /path/to/checkpoint.pt"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_spec(
+    checkpoint: str | None, model_config: str | None, image_size: int | None, model_dir: Path, fetch: bool = True
+) -> ModelSpec:
+    """Turn the user's settings into a ModelSpec, downloading a manifest checkpoint on first use."""
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir)
+    ckpt_path = None
+    if checkpoint and checkpoint.lower() not in ("none", "random"):
+        entry = manifest.get(checkpoint)
+        if entry is not None:
+            model_config = model_config or entry["model_config"]
+            image_size = image_size or entry.get("image_size")
+            ckpt_path = model_dir / entry["file"]
+            if not ckpt_path.exists():
+                if not fetch:
+                    raise CheckpointError(f"checkpoint {checkpoint!r} is not downloaded yet ({ckpt_path})")
+                download(entry["url"], ckpt_path, entry.get("sha256"))
+            _verify(ckpt_path, entry.get("sha256"))
+        else:
+            p = Path(checkpoint).expanduser()
+            ckpt_path = p if p.is_absolute() or p.exists() else model_dir / p
+            if not ckpt_path.exists():
+                known = ", ".join(sorted(manifest)) or "(none)"
+                raise CheckpointError(f"checkpoint {checkpoint!r} is neither a file nor a manifest name ({known})")
+    if not model_config:
+        raise CheckpointError("no model_config given: pass --conf model_config <sam2 config name or .yaml path>")
+    return ModelSpec(model_config=model_config, image_size=int(image_size) if image_size else None, checkpoint=ckpt_path)
+
+
+def _sam2_config_path(name: str) -> Path | None:
+    root = resources.files("sam2")
+    stem = name[:-5] if name.endswith(".yaml") else name
+    candidates = [stem, f"configs/sam2.1/{stem}", f"configs/sam2/{stem}"]
+    for c in candidates:
+        p = Path(str(root.joinpath(c + ".yaml")))
+        if p.exists():
+            return p
+    return None
+
+
+def load_model_config(name: str):
+    """OmegaConf config of the `model:` node for a config name or path (project configs may extend a base)."""
+    path = Path(name)
+    if not (name.endswith(".yaml") and path.exists()):
+        own = PROJECT_CONFIGS / f"{path.stem if name.endswith('.yaml') else name}.yaml"
+        path = own if own.exists() else _sam2_config_path(name)
+    if path is None or not path.exists():
+        raise CheckpointError(f"unknown model_config {name!r}: use a sam2 config name such as sam2.1_hiera_t, "
+                              f"one of {sorted(p.stem for p in PROJECT_CONFIGS.glob('*.yaml'))}, or a .yaml path")
+    cfg = OmegaConf.load(path)
+    if "base" in cfg:
+        base = load_model_config(cfg.base)
+        for item in cfg.get("overrides", []):
+            key, value = item.split("=", 1)
+            OmegaConf.update(base, key, OmegaConf.create({"v": _yaml_value(value)}).v, force_add=True)
+        return base
+    return cfg
+
+
+def _yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def build_model(spec: ModelSpec, device: str | torch.device = "cpu", for_training: bool = False):
+    """Instantiate the predictor for `spec` on `device` and load its weights (strictly)."""
+    from hydra.utils import instantiate
+
+    cfg = load_model_config(spec.model_config)
+    model_cfg = cfg.model
+    model_cfg._target_ = PREDICTOR_TARGET
+    if spec.image_size:
+        model_cfg.image_size = spec.image_size
+    size = int(model_cfg.image_size)
+    attn = model_cfg.memory_attention.layer
+    for part in ("self_attention", "cross_attention"):
+        if "feat_sizes" in attn[part]:
+            attn[part].feat_sizes = [size // 16, size // 16]
+    # The same post-processing settings as sam2's build_sam2_video_predictor (hole filling left off:
+    # it needs sam2's optional CUDA extension).
+    OmegaConf.update(model_cfg, "sam_mask_decoder_extra_args", {
+        "dynamic_multimask_via_stability": True,
+        "dynamic_multimask_stability_delta": 0.05,
+        "dynamic_multimask_stability_thresh": 0.98,
+    }, force_add=True)
+    model_cfg.binarize_mask_from_pts_for_mem_enc = True
+    model_cfg.fill_hole_area = 0
+    model = instantiate(model_cfg, _recursive_=True)
+    if spec.checkpoint is not None:
+        load_weights(model, spec.checkpoint)
+    model = model.to(device)
+    model.train(for_training)
+    return model
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a `{"model": state_dict}` or bare state-dict checkpoint, weights only, strictly."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, non-tensor objects
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. "
+                              "It is corrupt, truncated, or not a weights-only PyTorch checkpoint.") from e
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model config ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} mis-shaped tensors, e.g. {(missing + unexpected + mismatched)[:3]}); "
+            "check --conf model_config and --conf image_size"
+        )
+    model.load_state_dict(state)
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict | None = None) -> Path:
+    """Write `{"model": state_dict, "meta": ...}` atomically: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta or {}}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

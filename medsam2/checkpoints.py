@@ -230,6 +230,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict | None = None
     os.close(fd)
     try:
         torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta or {}}, tmp)
+        os.chmod(tmp, 0o644)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -35,6 +35,7 @@ class VolumeSession:
     shape: tuple[int, int, int]  # (I, J, K)
     features: FrameFeatures
     opened_s: float = 0.0
+    header: object = None  # whatever the caller needs to write results (e.g. the image's geometry)
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,60 @@
+"""Settings of the `medsam2` model, read from `--conf` once, and the tasks built from them.
+
+--conf checkpoint      manifest name (model/manifest.json) or a file path   [sam2.1_hiera_tiny]
+--conf model_config    sam2 config name, project config name or .yaml path  [from the manifest]
+--conf image_size      input resolution in pixels                            [from the manifest]
+--conf memory_policy   default memory policy for propagation                 [fifo]
+--conf intensity       auto | percentile | CT preset | ct:<level>,<width>   [auto]
+--conf labels          JSON {name: value} offered to the clients            [{"organ":1,"vessel":2,"lesion":3}]
+--conf device          cuda | cpu | auto                                     [auto]
+--conf cache_mb        memory budget of cached encoder features              [4096]
+--conf cache_entries   most images kept open at once                         [8]
+--conf encode_batch    slices per image-encoder batch                        [8]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from monailabel.interfaces.config import TaskConfig
+
+from lib.infers.medsam2 import MedSam2InferTask
+from medsam2.service import InteractiveSegmenter, ModelProvider
+from medsam2.sessions import SessionCache
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABELS = {"organ": 1, "vessel": 2, "lesion": 3}
+MEMORY_POLICIES = {"fifo": None}
+
+
+class MedSam2Config(TaskConfig):
+    def init(self, name, model_dir, conf, planner, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        image_size = conf.get("image_size")
+        self.provider = ModelProvider(
+            checkpoint=conf.get("checkpoint", "sam2.1_hiera_tiny"),
+            model_config=conf.get("model_config"),
+            image_size=int(image_size) if image_size else None,
+            model_dir=model_dir,
+            device=conf.get("device", "auto"),
+            encode_batch_size=int(conf.get("encode_batch", 8)),
+        )
+        self.cache = SessionCache(max_bytes=int(conf.get("cache_mb", 4096)) << 20,
+                                  max_entries=int(conf.get("cache_entries", 8)))
+        self.labels = json.loads(conf["labels"]) if conf.get("labels") else dict(DEFAULT_LABELS)
+        self.memory_policy = conf.get("memory_policy", "fifo")
+        if self.memory_policy not in MEMORY_POLICIES:
+            raise ValueError(f"--conf memory_policy must be one of {sorted(MEMORY_POLICIES)}")
+        self.intensity = conf.get("intensity", "auto")
+        self.engine = InteractiveSegmenter(self.provider, self.cache)
+
+    def infer(self):
+        return {
+            self.name: MedSam2InferTask(self.engine, self.labels, self.memory_policy, self.intensity,
+                                        policies=MEMORY_POLICIES),
+        }
+
+    def trainer(self):
+        return None

@@ -1,0 +1,3 @@
+from .medsam2 import MedSam2InferTask
+
+__all__ = ["MedSam2InferTask"]

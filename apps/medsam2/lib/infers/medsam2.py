@@ -1,0 +1,143 @@
+"""The `medsam2` infer task: MONAI Label request in, 3D label file out, the engine in between.
+
+Declared as DEEPGROW with dimension 3 so that both OHIF v3 and Slicer list it as an interactive
+(point-prompt) model. Every request carries the full prompt set of its label (both clients resend all
+clicks of the current segment), so the prompts are replayed from scratch on each request while the
+encoder features of the image stay cached per (client_id, image): a corrective click pays only for
+prompting and propagation. `reset_state` is accepted and needs no action for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.transform.writer import Writer
+
+from medsam2.frames import Intensity
+from medsam2.prompts import PromptError, parse_objects
+from medsam2.service import InteractiveSegmenter
+
+logger = logging.getLogger(__name__)
+
+RESULT_EXTENSIONS = (".nrrd", ".nii.gz", ".nii")
+RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
+
+
+def load_volume(path: str) -> tuple[np.ndarray, dict]:
+    """Read a 3D image with MONAI's readers (NIfTI, NRRD, DICOM series...) -> (array, geometry).
+
+    Raises HTTP 422 for files that cannot be read or are not 3D.
+    """
+    try:
+        image = LoadImage(image_only=True)(path)
+    except Exception as e:
+        raise HTTPException(status_code=422, detail=f"cannot read image {os.path.basename(path)!r}: {e}") from e
+    if image.ndim == 4 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 3:
+        kind = "a 2D image" if image.ndim == 2 else f"a {image.ndim}D image"
+        raise HTTPException(status_code=422, detail=f"medsam2 segments 3D volumes; got {kind} of shape "
+                                                    f"{list(image.shape)}")
+    if min(image.shape) < 1:
+        raise HTTPException(status_code=422, detail=f"the image is empty (shape {list(image.shape)})")
+    affine = image.affine.clone() if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
+    return np.asarray(image.array if isinstance(image, MetaTensor) else image), {"affine": affine}
+
+
+class MedSam2InferTask(InferTask):
+    def __init__(self, engine: InteractiveSegmenter, labels: dict[str, int], memory_policy: str = "fifo",
+                 intensity: str = "auto", policies: dict | None = None, description: str | None = None):
+        super().__init__(
+            type=InferType.DEEPGROW,
+            labels=labels,
+            dimension=3,
+            description=description or "MedSAM-2: click or box on one slice, propagated through the volume",
+            config={"memory_policy": memory_policy, "intensity": intensity, "reset_state": False},
+        )
+        self.engine = engine
+        self.label_values = dict(labels)
+        self.policies = policies or {}
+
+    def is_valid(self) -> bool:
+        return True
+
+    def _policy(self, request):
+        name = str(request.get("memory_policy") or self._config["memory_policy"])
+        if name not in self.policies:
+            raise HTTPException(status_code=400, detail=f"unknown memory_policy {name!r}; "
+                                                        f"use one of {sorted(self.policies)}")
+        return self.policies[name]
+
+    def __call__(self, request) -> tuple[str | None, dict[str, Any]]:
+        t0 = time.perf_counter()
+        image_path = request.get("image")
+        if not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path) and not os.path.isdir(image_path):
+            raise HTTPException(status_code=404, detail=f"image {request.get('image')!r} is not in the datastore")
+        ext = request.get("result_extension") or ".nrrd"
+        dtype = request.get("result_dtype") or "uint8"
+        if ext not in RESULT_EXTENSIONS:
+            raise HTTPException(status_code=400, detail=f"result_extension must be one of {RESULT_EXTENSIONS}")
+        if dtype not in RESULT_DTYPES:
+            raise HTTPException(status_code=400, detail=f"result_dtype must be one of {RESULT_DTYPES}")
+        if not (request.get("foreground") or request.get("roi") or request.get("objects")):
+            raise HTTPException(status_code=400, detail="no prompt: send 'foreground' clicks [[i, j, k], ...] "
+                                                        "and/or an 'roi' [i0, i1, j0, j1, k0, k1]")
+        try:
+            intensity = Intensity.parse(request.get("intensity") or self._config["intensity"])
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+        policy = self._policy(request)
+
+        stat = os.stat(image_path)
+        session_key = (str(request.get("client_id") or "default"), os.path.realpath(image_path), stat.st_mtime_ns)
+        t_load = time.perf_counter()
+        segmenter, session, cached = self.engine.open(session_key, lambda: load_volume(image_path), intensity)
+        try:
+            objects = parse_objects(request, session.shape, self.label_values)
+        except PromptError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        result, stats = self.engine.run(segmenter, session, objects, policy, cached)
+        t_write = time.perf_counter()
+        dtype_max = np.iinfo(dtype).max if dtype != "float32" else None
+        if dtype_max is not None and result.label.max(initial=0) > dtype_max:
+            raise HTTPException(status_code=400, detail=f"label values do not fit result_dtype {dtype}")
+        data = {
+            "image_path": image_path,
+            "pred": result.label,
+            "image_meta_dict": {"affine": session.header["affine"]},
+            "image": None,
+            "result_extension": ext,
+            "result_dtype": dtype,
+            "result_compress": bool(request.get("result_compress", False)),
+        }
+        label_file, _ = Writer(label="pred", ref_image="image")(data)
+        total = time.perf_counter() - t0
+        params = {
+            "label_names": {o.label: o.value for o in objects},
+            "objects": [{"label": o.label, "value": o.value, "slices": [min(o.slices), max(o.slices)] if o.slices else [],
+                         "slice_count": len(o.slices)} for o in result.objects],
+            "memory_policy": request.get("memory_policy") or self._config["memory_policy"],
+            "engine": stats,
+            "latencies": {
+                "pre": round(t_load - t0, 4),
+                "encode": stats["encode_s"] if not cached else 0.0,
+                "infer": stats["propagate_s"],
+                "invert": 0,
+                "post": 0,
+                "write": round(time.perf_counter() - t_write, 4),
+                "total": round(total, 4),
+                "transform": None,
+            },
+        }
+        logger.info("medsam2: %s objects on %s in %.2fs (features %s)", len(objects), os.path.basename(image_path),
+                    total, "cached" if cached else "computed")
+        return label_file, params

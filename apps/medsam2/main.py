@@ -1,0 +1,62 @@
+"""MONAI Label app serving MedSAM-2: wires the configs in lib/configs into tasks, nothing more.
+
+Start it with:  monailabel start_server --app apps/medsam2 --studies <folder or DICOMweb URL>
+Options (--conf NAME VALUE) are listed in lib/configs/medsam2.py; the README explains them.
+"""
+
+import logging
+import os
+from typing import Dict
+
+import monailabel
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+from lib import http_errors
+from lib.configs import MedSam2Config
+
+logger = logging.getLogger(__name__)
+
+
+class MedSam2App(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        default_model_dir = os.path.normpath(os.path.join(app_dir, "..", "..", "model"))
+        self.model_dir = conf.get("model_dir", default_model_dir)
+        self.models = {"medsam2": MedSam2Config()}
+        for name, config in self.models.items():
+            config.init(name, self.model_dir, conf, None)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"MedSAM-2 ({monailabel.__version__})",
+            description="Interactive 3D segmentation with Medical SAM 2",
+            version="0.1.0",
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        infers: Dict[str, InferTask] = {}
+        for config in self.models.values():
+            infers.update(config.infer())
+        return infers
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        trainers: Dict[str, TrainTask] = {}
+        for name, config in self.models.items():
+            t = config.trainer()
+            if t:
+                trainers[name] = t
+        return trainers
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        return {"random": Random(), "first": First()}
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        from monailabel.app import app as fastapi_app
+
+        http_errors.install(fastapi_app)

@@ -1,0 +1,89 @@
+"""The long-lived part of the engine inside a server: the model and the opened volumes.
+
+`ModelProvider` builds the model on first use (not at app start: MONAI Label builds the app again in
+every training subprocess) and rebuilds it when the checkpoint file is replaced, so weights published
+by the trainer are served on the next request without a restart. `InteractiveSegmenter` couples it
+with the session cache: a request names a session key and the volume; encoder features are reused
+while the same model version serves the same image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from .checkpoints import ModelSpec, build_model, resolve_spec
+from .propagation import Segmenter, SegmentationResult, pick_device
+from .sessions import SessionCache
+
+logger = logging.getLogger(__name__)
+
+
+class ModelProvider:
+    def __init__(self, checkpoint: str | None, model_config: str | None, image_size: int | None,
+                 model_dir: Path, device: str | None = None, encode_batch_size: int = 8, intensity=None):
+        self.settings = (checkpoint, model_config, image_size)
+        self.model_dir = Path(model_dir)
+        self.device = pick_device(device)
+        self.encode_batch_size = encode_batch_size
+        self.intensity = intensity
+        self._lock = threading.Lock()
+        self._segmenter: Segmenter | None = None
+        self._version: tuple | None = None
+        self.spec: ModelSpec | None = None
+
+    def _file_version(self, spec: ModelSpec) -> tuple:
+        if spec.checkpoint is None:
+            return (spec.model_config, spec.image_size, None)
+        st = Path(spec.checkpoint).stat()
+        return (spec.model_config, spec.image_size, str(spec.checkpoint), st.st_mtime_ns, st.st_size)
+
+    def get(self) -> tuple[Segmenter, tuple]:
+        """(segmenter, version); the version changes whenever different weights are loaded."""
+        with self._lock:
+            spec = resolve_spec(*self.settings, model_dir=self.model_dir)
+            version = self._file_version(spec)
+            if self._segmenter is None or version != self._version:
+                t0 = time.perf_counter()
+                model = build_model(spec, device=self.device)
+                self._segmenter = Segmenter(model, self.encode_batch_size, self.intensity)
+                self._version, self.spec = version, spec
+                logger.info("loaded %s (%s) on %s in %.1fs", spec.checkpoint or "random weights",
+                            spec.model_config, self.device, time.perf_counter() - t0)
+            return self._segmenter, self._version
+
+
+class InteractiveSegmenter:
+    def __init__(self, provider: ModelProvider, cache: SessionCache):
+        self.provider = provider
+        self.cache = cache
+
+    def open(self, session_key, load, intensity=None):
+        """(segmenter, session, cached) for `session_key`; on a cache miss `load()` gives (volume,
+        header) and the header (geometry for writing the result) is kept with the session."""
+        segmenter, version = self.provider.get()
+
+        def opener():
+            volume, header = load()
+            session = segmenter.open(volume, intensity)
+            session.header = header
+            return session
+
+        session, cached = self.cache.get_or_open((session_key, version, str(intensity)), opener)
+        return segmenter, session, cached
+
+    def run(self, segmenter: Segmenter, session, objects, memory_policy_factory=None, cached: bool = False
+            ) -> tuple[SegmentationResult, dict]:
+        """Segment `objects` on an opened session; returns the result and engine statistics."""
+        result = segmenter.segment(session, objects, memory_policy_factory)
+        stats = {
+            "cached_features": cached,
+            "encode_s": 0.0 if cached else round(session.opened_s, 4),
+            "propagate_s": round(result.timings["propagate_s"], 4),
+            "cache_entries": len(self.cache),
+            "cache_mb": round(self.cache.nbytes / 2**20, 1),
+            "device": str(segmenter.device),
+        }
+        return result, stats

@@ -20,7 +20,13 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from .frames import frames_from_scaled
 
-_captured = threading.local()  # the decoder IoU of the frame being processed, per thread
+_captured = threading.local()  # decoder outputs of the frame just processed, per thread
+
+
+def last_decoder_outputs():
+    """(low_res_multimasks, high_res_multimasks, ious, low_res, high_res, obj_ptr, object_score_logits)
+    of the latest track step in this thread: SAM2's track_step returns masks but drops IoUs."""
+    return getattr(_captured, "sam_outputs", None)
 
 
 class FrameFeatures:
@@ -126,6 +132,7 @@ class VolumePredictor(SAM2VideoPredictor):
         current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)
         ious = sam_outputs[2]
         _captured.iou = ious.max(dim=-1).values.float() if ious is not None else None
+        _captured.sam_outputs = sam_outputs  # read by training for its IoU and object-score losses
         return current_out, sam_outputs, high_res_features, pix_feat
 
     def _run_single_frame_inference(self, inference_state, output_dict, frame_idx, batch_size, is_init_cond_frame,

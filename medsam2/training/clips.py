@@ -1,0 +1,83 @@
+"""Training samples: short clips of consecutive slices through labelled structures.
+
+SAM2 learns to propagate by seeing a prompt on the first frame(s) of a clip and the true masks on
+all of them. A clip here is `clip_len` consecutive slices of one labelled volume, taken towards
+increasing or decreasing k (the engine propagates both ways), starting on a slice where the first
+chosen structure is visible, with up to `max_objects` structures of that volume as a batch.
+2D images are volumes with one slice: their clips have length 1 (prompted frame only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..frames import Intensity, frames_from_scaled, scale_volume
+
+
+@dataclass
+class Clip:
+    frames: torch.Tensor  # (L, 3, S, S) normalised frames
+    masks: torch.Tensor  # (L, N, S, S) bool, one channel per object
+    slices: list[int]  # source slice index of each frame
+    values: list[int]  # label value of each object
+    volume: int  # index of the source volume
+
+
+class LabelledVolume:
+    """One (image, label) pair kept scaled to [0, 1] in (I, J, K), ready to cut frames from."""
+
+    def __init__(self, image: np.ndarray, label: np.ndarray, intensity=None):
+        if image.ndim == 2:
+            image, label = image[..., None], label[..., None]
+        if image.shape != label.shape:
+            raise ValueError(f"image {image.shape} and label {label.shape} differ in shape")
+        self.scaled = scale_volume(image, Intensity.parse(intensity))
+        self.label = np.asarray(label).astype(np.int64)
+        self.values = [int(v) for v in np.unique(self.label) if v != 0]
+        # per value, the slices where it is visible
+        self.present = {v: np.nonzero((self.label == v).reshape(-1, self.label.shape[2]).any(axis=0))[0]
+                        for v in self.values}
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.label.shape[2])
+
+
+class ClipSampler:
+    def __init__(self, volumes: list[LabelledVolume], image_size: int, clip_len: int = 8, max_objects: int = 3,
+                 seed: int = 0):
+        self.volumes = [v for v in volumes if v.values]
+        if not self.volumes:
+            raise ValueError("no labelled structure in the training volumes")
+        self.image_size = image_size
+        self.clip_len = max(1, int(clip_len))
+        self.max_objects = max(1, int(max_objects))
+        self.rng = np.random.default_rng(seed)
+
+    def clip_slices(self, n_slices: int, start: int, reverse: bool) -> list[int]:
+        """`clip_len` consecutive slices from `start`, turned around at the volume's end if needed."""
+        length = min(self.clip_len, n_slices)
+        step = -1 if reverse else 1
+        end = start + step * (length - 1)
+        if end < 0 or end >= n_slices:  # not enough room that way: go the other way
+            step = -step
+        return [start + step * t for t in range(length)]
+
+    def sample(self) -> Clip:
+        vi = int(self.rng.integers(len(self.volumes)))
+        vol = self.volumes[vi]
+        first = int(self.rng.choice(vol.values))
+        start = int(self.rng.choice(vol.present[first]))
+        slices = self.clip_slices(vol.num_slices, start, reverse=bool(self.rng.integers(2)))
+        others = [v for v in vol.values if v != first and vol.present[v].size and np.isin(start, vol.present[v])]
+        self.rng.shuffle(others)
+        values = [first] + others[: self.max_objects - 1]
+        frames = frames_from_scaled(vol.scaled, slices, self.image_size)
+        lab = torch.from_numpy(vol.label[:, :, slices]).permute(2, 1, 0)  # (L, J, I)
+        masks = torch.stack([(lab == v) for v in values], dim=1).float()  # (L, N, J, I)
+        masks = F.interpolate(masks, size=(self.image_size, self.image_size), mode="nearest") > 0.5
+        return Clip(frames=frames, masks=masks, slices=slices, values=values, volume=vi)

@@ -1,0 +1,210 @@
+"""Fine-tuning (or training from scratch) on labelled volumes, on one process or with torch DDP.
+
+One step = `clips_per_step` clips through `ClipObjective`, AdamW with linear warm-up then cosine
+decay, gradient clipping, bf16 autocast on CUDA. Validation runs the engine exactly as the infer task
+does (one click at the most interior point of each structure's largest slice, propagated both ways)
+and reports Dice. The best weights are published atomically at the end of a successful run only, so
+a failed or stopped run never changes what the server serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..checkpoints import ModelSpec, build_model, save_checkpoint
+from ..clicks import interior_point, largest_slice
+from ..propagation import Segmenter, pick_device
+from ..prompts import ObjectPrompt
+from .clips import ClipSampler, LabelledVolume
+from .objective import ClipObjective, LossWeights
+from .prompt_sim import PromptSettings
+
+
+@dataclass
+class TrainConfig:
+    model_config: str
+    out_checkpoint: Path
+    init_checkpoint: Path | None = None
+    image_size: int | None = None
+    max_steps: int = 200
+    max_minutes: float | None = None
+    lr: float | None = None  # default: 3e-4 from scratch, 5e-5 when fine-tuning
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    clip_len: int = 8
+    max_objects: int = 3
+    clips_per_step: int = 2
+    val_every: int = 50
+    train_modules: str = "auto"  # auto | all | no_image_encoder
+    seed: int = 0
+    device: str | None = None
+    intensity: str | None = None
+    weights: LossWeights = field(default_factory=LossWeights)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_dice: float
+    initial_dice: float
+    published: Path | None
+    steps: int
+    seconds: float
+    stopped: bool = False
+
+
+def configure_trainable(model, train_modules: str, from_checkpoint: bool) -> bool:
+    """Freeze parts per `train_modules`; returns whether the image encoder trains."""
+    mode = train_modules
+    if mode == "auto":
+        mode = "no_image_encoder" if from_checkpoint else "all"
+    if mode not in ("all", "no_image_encoder"):
+        raise ValueError(f"train_modules must be auto, all or no_image_encoder, got {train_modules!r}")
+    encoder_trains = mode == "all"
+    for p in model.image_encoder.parameters():
+        p.requires_grad_(encoder_trains)
+    return encoder_trains
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def one_click_dice(model, volumes: list[tuple[np.ndarray, np.ndarray]], intensity=None) -> float:
+    """Mean Dice over every structure of every volume, one click each, through the engine."""
+    seg = Segmenter(model, intensity=intensity)
+    was_training = model.training
+    model.eval()
+    scores = []
+    try:
+        for image, label in volumes:
+            session = seg.open(image)
+            for value in (int(v) for v in np.unique(label) if v != 0):
+                truth = label == value
+                k = largest_slice(truth)
+                x, y = interior_point(truth[:, :, k].T)  # frame rows are J, columns I
+                obj = ObjectPrompt(label=str(value), clicks={k: [(x + 0.5, y + 0.5, 1)]})
+                pred = seg.segment(session, [obj]).label > 0
+                denom = pred.sum() + truth.sum()
+                scores.append(2.0 * (pred & truth).sum() / denom if denom else 1.0)
+    finally:
+        model.train(was_training)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def train_step(objective: ClipObjective, sampler: ClipSampler, rng: np.random.Generator, n_clips: int, autocast):
+    """Mean loss over `n_clips` clips, back-propagated; returns the loss parts as floats."""
+    parts_sum: dict[str, float] = {}
+    for _ in range(n_clips):
+        clip = sampler.sample()
+        with autocast():
+            parts = objective(clip, rng)
+        (parts["loss"] / n_clips).backward()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / n_clips
+    return parts_sum
+
+
+def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] = print,
+          should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world_size: int = 1) -> TrainResult:
+    """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up)."""
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint)
+    model = build_model(spec, device=device, for_training=True)
+    encoder_trains = configure_trainable(model, cfg.train_modules, cfg.init_checkpoint is not None)
+    objective = ClipObjective(model, cfg.weights, cfg.prompts, train_image_encoder=encoder_trains)
+    wrapped = objective
+    if world_size > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    lr = cfg.lr or (5e-5 if cfg.init_checkpoint else 3e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
+    volumes = [LabelledVolume(img, lab, cfg.intensity) for img, lab in train_pairs]
+    sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank)
+    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    is_main = rank == 0
+
+    history: list[dict] = []
+    initial = one_click_dice(model, val_pairs, cfg.intensity) if is_main and val_pairs else float("nan")
+    best, best_state = initial, None
+    if is_main:
+        log({"step": 0, "val_dice": initial, "elapsed_s": round(time.time() - t0, 1)})
+    step, stopped = 0, False
+    for step in range(1, cfg.max_steps + 1):
+        opt.zero_grad(set_to_none=True)
+        parts = train_step(wrapped, sampler, rng, cfg.clips_per_step, autocast)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        entry = {"step": step, "lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in parts.items()}}
+        out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+        stop = should_stop()
+        if is_main and val_pairs and (step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time):
+            entry["val_dice"] = one_click_dice(model, val_pairs, cfg.intensity)
+            if not (entry["val_dice"] <= best):  # also true when best is nan
+                best, best_state = entry["val_dice"], copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+        entry["elapsed_s"] = round(time.time() - t0, 1)
+        history.append(entry)
+        if is_main:
+            log(entry)
+        if stop:
+            stopped = True
+            break
+        if out_of_time:
+            break
+
+    published = None
+    if is_main and not stopped:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        if best_state is not None or not val_pairs:
+            published = save_checkpoint(model, cfg.out_checkpoint, meta={
+                "model_config": cfg.model_config, "image_size": int(model.image_size), "steps": step,
+                "val_dice": best, "initial_val_dice": initial, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })
+    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped)
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cfg, train_pairs, val_pairs, results):
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    torch.distributed.init_process_group(backend, rank=rank, world_size=world_size)
+    try:
+        result = train(cfg, train_pairs, val_pairs, rank=rank, world_size=world_size)
+        if rank == 0:
+            results.put(result)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def train_distributed(cfg: TrainConfig, train_pairs, val_pairs, world_size: int, port: int = 29512) -> TrainResult:
+    """Run `train` on `world_size` processes with torch DDP (NCCL on GPUs, gloo on CPU)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    results = ctx.SimpleQueue()
+    torch.multiprocessing.spawn(_ddp_worker, args=(world_size, port, cfg, train_pairs, val_pairs, results),
+                                nprocs=world_size, join=True)
+    return results.get()

@@ -1,0 +1,120 @@
+"""The training objective: run SAM2's own `track_step` over a clip and score every frame.
+
+`ClipObjective` is an nn.Module so that DistributedDataParallel can wrap it: its forward takes one
+clip and returns the loss, going through the same memory attention / memory encoder the engine uses
+at inference. Loss per frame (SAM2 and MedSAM2 recipe): focal + Dice on the mask (the best of the
+multimask candidates), L1 on the predicted IoU, and binary cross-entropy on the object score. The
+object-score term is not optional: without it a fresh model predicts "no object", its masks are
+replaced by a constant and receive no gradient at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss, FocalLoss
+
+from ..predictor import last_decoder_outputs
+from .clips import Clip
+from .prompt_sim import PromptSettings, add_corrections, choose_kind, initial_points
+
+
+@dataclass
+class LossWeights:
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    object_score: float = 1.0
+
+
+class ClipObjective(torch.nn.Module):
+    def __init__(self, model, weights: LossWeights | None = None, prompts: PromptSettings | None = None,
+                 train_image_encoder: bool = True):
+        super().__init__()
+        self.model = model
+        self.weights = weights or LossWeights()
+        self.prompts = prompts or PromptSettings()
+        self.train_image_encoder = train_image_encoder
+        self.focal = FocalLoss(use_softmax=False, gamma=2.0, alpha=0.25, reduction="none")
+        self.dice = DiceLoss(sigmoid=True, reduction="none")
+
+    def frame_loss(self, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss of the latest track step against truth (N, S, S) bool."""
+        _, high, ious, _, _, _, obj_logits = last_decoder_outputs()  # high: (N, M, S, S) mask logits
+        target = truth[:, None].float().expand_as(high)
+        present = truth.flatten(1).any(dim=1).float()  # (N,)
+        focal = self.focal(high, target).mean(dim=(2, 3))  # (N, M)
+        dice = self.dice(high, target).flatten(2).mean(dim=2)  # (N, M)
+        combo = self.weights.focal * focal + self.weights.dice * dice
+        best = combo.argmin(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        with torch.no_grad():
+            pred = high > 0
+            inter = (pred & (target > 0)).flatten(2).sum(-1).float()
+            union = (pred | (target > 0)).flatten(2).sum(-1).float()
+            actual_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        iou_loss = F.l1_loss(ious[rows, best].float(), actual_iou[rows, best], reduction="none")
+        obj = F.binary_cross_entropy_with_logits(obj_logits[:, 0].float(), present, reduction="none")
+        n_present = present.sum().clamp(min=1)
+        return {
+            "mask": (present * combo[rows, best]).sum() / n_present,
+            "iou": (present * iou_loss).sum() / n_present,
+            "object_score": obj.mean(),
+        }
+
+    def forward(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        model = self.model
+        device = next(model.parameters()).device
+        frames = clip.frames.to(device)
+        truth = clip.masks.to(device)  # (L, N, S, S)
+        L, N = truth.shape[:2]
+        with torch.set_grad_enabled(self.train_image_encoder and torch.is_grad_enabled()):
+            backbone = model.forward_image(frames)
+        cond = [0] + ([1] if L > 1 and rng.random() < self.prompts.p_two_cond_frames else [])
+        memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        totals = {"mask": 0.0, "iou": 0.0, "object_score": 0.0}
+        n_terms = 0
+        for t in range(L):
+            frame_out = {
+                "backbone_fpn": [f[t : t + 1].expand(N, -1, -1, -1) for f in backbone["backbone_fpn"]],
+                "vision_pos_enc": [p[t : t + 1].expand(N, -1, -1, -1) for p in backbone["vision_pos_enc"]],
+            }
+            _, feats, pos, sizes = model._prepare_backbone_features(frame_out)
+            step = dict(frame_idx=t, current_vision_feats=feats, current_vision_pos_embeds=pos, feat_sizes=sizes,
+                        output_dict=memory, num_frames=L)
+            if t in cond:
+                kind = choose_kind(rng, self.prompts)
+                if kind == "mask":
+                    out = model.track_step(is_init_cond_frame=True, point_inputs=None,
+                                           mask_inputs=truth[t][:, None].float(), **step)
+                else:
+                    points = {k: v.to(device) for k, v in initial_points(truth[t].cpu().numpy(), kind, rng,
+                                                                          self.prompts).items()}
+                    n_corr = int(rng.integers(self.prompts.max_corrections + 1))
+                    out = model.track_step(is_init_cond_frame=True, point_inputs=points, mask_inputs=None,
+                                           run_mem_encoder=n_corr == 0, **step)
+                    for c in range(n_corr):
+                        for k, v in self.frame_loss(truth[t]).items():
+                            totals[k] = totals[k] + v
+                        n_terms += 1
+                        pred = (out["pred_masks_high_res"][:, 0] > 0).detach().cpu().numpy()
+                        points = add_corrections(points, pred, truth[t].cpu().numpy())
+                        out = model.track_step(is_init_cond_frame=True, point_inputs=points, mask_inputs=None,
+                                               run_mem_encoder=c == n_corr - 1,
+                                               prev_sam_mask_logits=out["pred_masks"], **step)
+                memory["cond_frame_outputs"][t] = out
+                if kind == "mask":
+                    continue  # the mask is passed through as the output: nothing to learn on this frame
+            else:
+                out = model.track_step(is_init_cond_frame=False, point_inputs=None, mask_inputs=None, **step)
+                memory["non_cond_frame_outputs"][t] = out
+            for k, v in self.frame_loss(truth[t]).items():
+                totals[k] = totals[k] + v
+            n_terms += 1
+        n = max(n_terms, 1)
+        parts = {k: v / n if torch.is_tensor(v) else torch.zeros((), device=device) for k, v in totals.items()}
+        parts["loss"] = parts["mask"] + self.weights.iou * parts["iou"] + self.weights.object_score * parts["object_score"]
+        return parts

@@ -3,7 +3,8 @@
 SAM2 learns to propagate by seeing a prompt on the first frame(s) of a clip and the true masks on
 all of them. A clip here is `clip_len` consecutive slices of one labelled volume, taken towards
 increasing or decreasing k (the engine propagates both ways), starting on a slice where the first
-chosen structure is visible, with up to `max_objects` structures of that volume as a batch.
+chosen structure is visible, with up to `max_objects` structures of that volume as a batch. Half the
+clips start near the end of the structure and run past it, so the model learns where to stop.
 2D images are volumes with one slice: their clips have length 1 (prompted frame only).
 """
 
@@ -49,13 +50,14 @@ class LabelledVolume:
 
 class ClipSampler:
     def __init__(self, volumes: list[LabelledVolume], image_size: int, clip_len: int = 8, max_objects: int = 3,
-                 seed: int = 0):
+                 seed: int = 0, p_exit: float = 0.5):
         self.volumes = [v for v in volumes if v.values]
         if not self.volumes:
             raise ValueError("no labelled structure in the training volumes")
         self.image_size = image_size
         self.clip_len = max(1, int(clip_len))
         self.max_objects = max(1, int(max_objects))
+        self.p_exit = p_exit
         self.rng = np.random.default_rng(seed)
 
     def clip_slices(self, n_slices: int, start: int, reverse: bool) -> list[int]:
@@ -71,8 +73,16 @@ class ClipSampler:
         vi = int(self.rng.integers(len(self.volumes)))
         vol = self.volumes[vi]
         first = int(self.rng.choice(vol.values))
-        start = int(self.rng.choice(vol.present[first]))
-        slices = self.clip_slices(vol.num_slices, start, reverse=bool(self.rng.integers(2)))
+        present = vol.present[first]
+        reverse = bool(self.rng.integers(2))
+        if self.rng.random() < self.p_exit:
+            # start near the structure's end so the clip runs past it: the model must learn to stop
+            half = self.clip_len // 2
+            near_end = present[present <= present.min() + half] if reverse else present[present >= present.max() - half]
+            start = int(self.rng.choice(near_end))
+        else:
+            start = int(self.rng.choice(present))
+        slices = self.clip_slices(vol.num_slices, start, reverse)
         others = [v for v in vol.values if v != first and vol.present[v].size and np.isin(start, vol.present[v])]
         self.rng.shuffle(others)
         values = [first] + others[: self.max_objects - 1]

@@ -3,7 +3,7 @@
 `ClipObjective` is an nn.Module so that DistributedDataParallel can wrap it: its forward takes one
 clip and returns the loss, going through the same memory attention / memory encoder the engine uses
 at inference. Loss per frame (SAM2 and MedSAM2 recipe): focal + Dice on the mask (the best of the
-multimask candidates), L1 on the predicted IoU, and binary cross-entropy on the object score. The
+multimask candidates), L1 on the predicted IoU of every candidate, and binary cross-entropy on the object score. The
 object-score term is not optional: without it a fresh model predicts "no object", its masks are
 replaced by a constant and receive no gradient at all.
 """
@@ -56,7 +56,8 @@ class ClipObjective(torch.nn.Module):
             inter = (pred & (target > 0)).flatten(2).sum(-1).float()
             union = (pred | (target > 0)).flatten(2).sum(-1).float()
             actual_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        iou_loss = F.l1_loss(ious[rows, best].float(), actual_iou[rows, best], reduction="none")
+        # every candidate's IoU is supervised: at inference the decoder picks the candidate by it
+        iou_loss = F.l1_loss(ious.float(), actual_iou, reduction="none").mean(dim=1)
         obj = F.binary_cross_entropy_with_logits(obj_logits[:, 0].float(), present, reduction="none")
         n_present = present.sum().clamp(min=1)
         return {

@@ -1,0 +1,27 @@
+"""A small model trained from scratch on synthetic phantoms, for offline demos and the tests.
+
+No SAM2 or MedSAM2 weights can be downloaded where this project is built and tested, yet the server's
+behaviour (does a click give a 3D structure on both sides of the slice?) must be shown with a model
+that segments something. This trains the `sam2.1_hiera_micro` config on generated phantoms with the
+project's own trainer. It knows phantoms only: never use it on patient images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .phantoms import make_phantom
+from .training.loop import TrainConfig, TrainResult, train
+
+DEMO_CONFIG = "sam2.1_hiera_micro"
+PHANTOM_SHAPE = (64, 64, 32)
+
+
+def phantom_pairs(seeds, shape=PHANTOM_SHAPE):
+    return [(p.image, p.label) for p in (make_phantom(shape, seed=s) for s in seeds)]
+
+
+def train_demo_model(out: Path, steps: int = 150, seed: int = 0, log=print) -> TrainResult:
+    cfg = TrainConfig(model_config=DEMO_CONFIG, out_checkpoint=Path(out), max_steps=steps, val_every=steps,
+                      clip_len=8, clips_per_step=2, warmup_steps=10, seed=seed)
+    return train(cfg, phantom_pairs(range(seed, seed + 8)), phantom_pairs([900 + seed]), log=log)

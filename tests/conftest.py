@@ -1,0 +1,123 @@
+"""Shared fixtures: generated data, checkpoints the tests build, and the real server on 127.0.0.1.
+
+Nothing here is mocked: `server` starts `monailabel start_server --app apps/medsam2` as a user
+would, with a checkpoint the tests made themselves (no weights can be downloaded here).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "test-models"
+DEMO_STEPS = 150
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """Random weights of the micro config: the shapes of a real checkpoint, no skill."""
+    from medsam2.checkpoints import ModelSpec, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("sam2.1_hiera_micro"))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "micro_random.pt")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint() -> Path:
+    """The micro config trained from scratch on phantoms by the project's trainer (cached in .cache/)."""
+    from medsam2.demo_model import train_demo_model
+
+    path = CACHE / f"demo_micro_{DEMO_STEPS}.pt"
+    if not path.exists():
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        result = train_demo_model(path, steps=DEMO_STEPS, log=lambda e: None)
+        print(f"\ntrained test model: one-click Dice {result.initial_dice:.3f} -> {result.best_dice:.3f} "
+              f"in {result.seconds:.0f}s", file=sys.stderr)
+    return path
+
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen, studies: Path, log: Path):
+        self.url, self.proc, self.studies, self.log = url, proc, studies, log
+
+    def post_infer(self, image: str, params, model: str = "medsam2", output: str = "image", **kw):
+        body = params if isinstance(params, str) else __import__("json").dumps(params)
+        return requests.post(f"{self.url}/infer/{model}", params={"image": image, "output": output},
+                             files={"params": (None, body)}, timeout=300, **kw)
+
+
+def start_server(studies: Path, conf: dict, log: Path, env_extra: dict | None = None) -> Server:
+    port = free_port()
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(env_extra or {})
+    cmd = ["monailabel", "start_server", "--app", str(REPO / "apps" / "medsam2"), "--studies", str(studies),
+           "--host", "127.0.0.1", "--port", str(port)]
+    for k, v in conf.items():
+        cmd += ["--conf", k, str(v)]
+    out = open(log, "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                return Server(url, proc, studies, log)
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise RuntimeError(f"server did not answer within 180 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def studies(tmp_path_factory) -> Path:
+    """Three phantom volumes (phantom_500..502) and three images the 3D task must refuse."""
+    import nibabel as nib
+    import numpy as np
+
+    from medsam2.phantoms import write_studies
+
+    folder = tmp_path_factory.mktemp("studies")
+    write_studies(folder, 3, shape=(64, 64, 32), seed=500)
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(2000))  # gzip magic, then garbage
+    nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), str(folder / "flat2d.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 8, 3), np.int16), np.eye(4)), str(folder / "stack4d.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(studies, trained_checkpoint, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    s = start_server(studies, {"checkpoint": trained_checkpoint, "model_config": "sam2.1_hiera_micro"}, log)
+    yield s
+    stop_server(s.proc)

@@ -1,0 +1,86 @@
+"""Manifest, downloads that fail offline, weights-only loading, config mismatch (fast)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsam2.checkpoints import (CheckpointError, ModelSpec, build_model, load_manifest, load_model_config,
+                                 resolve_spec, save_checkpoint)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_manifest_names_every_supported_checkpoint_with_url_and_config():
+    manifest = load_manifest(REPO / "model")
+    for name in ["sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
+                 "medsam2_zhu", "medsam2"]:
+        entry = manifest[name]
+        assert entry["url"].startswith("https://") and entry["file"] and entry["model_config"]
+        assert "sha256" in entry
+        # every config it names is one the builder can load
+        assert load_model_config(entry["model_config"]).model.image_encoder
+
+
+def test_an_unreachable_download_says_what_failed_and_where_to_put_the_file(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"x": {
+        "url": "http://127.0.0.1:9/x.pt", "file": "x.pt", "sha256": None, "model_config": "sam2.1_hiera_t"}}))
+    with pytest.raises(CheckpointError) as e:
+        resolve_spec("x", None, None, tmp_path)
+    msg = str(e.value)
+    assert "http://127.0.0.1:9/x.pt" in msg and str(tmp_path / "x.pt") in msg and "--conf checkpoint" in msg
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / "x.pt").exists()
+
+
+def test_unknown_checkpoint_name_lists_the_known_ones():
+    with pytest.raises(CheckpointError, match="sam2.1_hiera_tiny"):
+        resolve_spec("no-such-model", None, None, REPO / "model")
+
+
+def test_unknown_model_config_is_refused_clearly():
+    with pytest.raises(CheckpointError, match="unknown model_config"):
+        build_model(ModelSpec("sam3_hiera_giant"))
+
+
+def test_a_verified_manifest_file_with_a_wrong_digest_is_refused(tmp_path, random_checkpoint):
+    target = tmp_path / "m.pt"
+    target.write_bytes(random_checkpoint.read_bytes())
+    (tmp_path / "manifest.json").write_text(json.dumps({"m": {
+        "url": "http://127.0.0.1:9/m.pt", "file": "m.pt", "sha256": "0" * 64, "model_config": "sam2.1_hiera_micro"}}))
+    with pytest.raises(CheckpointError, match="sha256"):
+        resolve_spec("m", None, None, tmp_path)
+
+
+class Payload:
+    def __reduce__(self):  # would run code if the checkpoint were unpickled
+        return (Path("/tmp/medsam2-pwned").touch, ())
+
+
+def test_checkpoints_are_loaded_weights_only_so_pickled_code_never_runs(tmp_path):
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        torch.save({"model": Payload()}, f)
+    Path("/tmp/medsam2-pwned").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        build_model(ModelSpec("sam2.1_hiera_micro", checkpoint=evil))
+    assert not Path("/tmp/medsam2-pwned").exists()
+
+
+def test_truncated_and_mismatched_checkpoints_are_refused(tmp_path, random_checkpoint):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(random_checkpoint.read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match="corrupt|truncated"):
+        build_model(ModelSpec("sam2.1_hiera_micro", checkpoint=cut))
+    with pytest.raises(CheckpointError, match="does not fit the model config"):
+        build_model(ModelSpec("sam2.1_hiera_t", image_size=256, checkpoint=random_checkpoint))
+
+
+def test_saved_checkpoints_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(ModelSpec("sam2.1_hiera_micro"))
+    path = save_checkpoint(model, tmp_path / "a.pt", meta={"steps": 3})
+    again = build_model(ModelSpec("sam2.1_hiera_micro", checkpoint=path))
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.load(path, weights_only=True)["meta"]["steps"] == 3

@@ -1,0 +1,80 @@
+"""The engine on a model the project trained itself: both directions, reuse, objects, roi (CPU)."""
+
+import numpy as np
+import pytest
+
+from medsam2.checkpoints import ModelSpec, build_model
+from medsam2.clicks import interior_point, largest_slice
+from medsam2.phantoms import PHANTOM_LABELS, make_phantom
+from medsam2.propagation import Segmenter
+from medsam2.prompts import parse_objects
+
+
+@pytest.fixture(scope="module")
+def segmenter(trained_checkpoint):
+    return Segmenter(build_model(ModelSpec("sam2.1_hiera_micro", checkpoint=trained_checkpoint)))
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_phantom((64, 64, 32), seed=777)  # not among the training phantoms
+
+
+def click_on(truth):
+    k = largest_slice(truth)
+    x, y = interior_point(truth[:, :, k].T)
+    return [x, y, k]
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def test_one_click_segments_slices_on_both_sides_of_the_clicked_one(segmenter, case):
+    truth = case.label == PHANTOM_LABELS["organ"]
+    i, j, k = click_on(truth)
+    session = segmenter.open(case.image)
+    result = segmenter.segment(session, parse_objects({"foreground": [[i, j, k]]}, case.image.shape))
+    pred = result.label == 1
+    assert result.label.shape == case.image.shape and result.label.dtype == np.uint8
+    covered = np.nonzero(pred.any(axis=(0, 1)))[0]
+    assert covered.min() < k - 3 and covered.max() > k + 3, covered
+    # propagated slices, not only the clicked one, agree with the truth
+    before, after = pred[:, :, : k - 1], pred[:, :, k + 2 :]
+    assert dice(before, truth[:, :, : k - 1]) > 0.5 and dice(after, truth[:, :, k + 2 :]) > 0.5
+    assert not np.isnan(result.objects[0].ious[covered]).any()
+
+
+def test_cached_features_give_identical_results(segmenter, case):
+    prompt = parse_objects({"foreground": [click_on(case.label == 1)]}, case.image.shape)
+    session = segmenter.open(case.image)
+    first = segmenter.segment(session, prompt).label
+    again = segmenter.segment(session, prompt).label
+    fresh = segmenter.segment(segmenter.open(case.image), prompt).label
+    assert np.array_equal(first, again) and np.array_equal(first, fresh)
+
+
+def test_lazy_encoding_gives_the_same_masks_as_encoding_everything_first(segmenter, case):
+    prompt = parse_objects({"foreground": [click_on(case.label == 1)]}, case.image.shape)
+    eager = segmenter.segment(segmenter.open(case.image), prompt).label
+    lazy = segmenter.segment(segmenter.open(case.image, encode=False), prompt).label
+    assert np.array_equal(eager, lazy)
+
+
+def test_two_objects_in_one_request_get_their_own_values(segmenter, case):
+    params = {"objects": [{"label": "organ", "foreground": [click_on(case.label == 1)]},
+                          {"label": "vessel", "foreground": [click_on(case.label == 2)]}]}
+    result = segmenter.segment(segmenter.open(case.image), parse_objects(params, case.image.shape, PHANTOM_LABELS))
+    assert set(np.unique(result.label)) == {0, 1, 2}
+    assert dice(result.label == 1, case.label == 1) > 0.5
+
+
+def test_a_3d_roi_bounds_the_result(segmenter, case):
+    truth = case.label == 1
+    ii, jj, kk = np.nonzero(truth)
+    k0, k1 = int(np.percentile(kk, 30)), int(np.percentile(kk, 70))
+    roi = [int(ii.max()), int(ii.min()), int(jj.max()), int(jj.min()), k0, k1]  # reversed like Slicer can send
+    result = segmenter.segment(segmenter.open(case.image), parse_objects({"roi": roi}, case.image.shape))
+    covered = np.nonzero((result.label > 0).any(axis=(0, 1)))[0]
+    assert covered.size and covered.min() >= k0 and covered.max() <= k1
+    assert dice(result.label[:, :, k0 : k1 + 1] > 0, truth[:, :, k0 : k1 + 1]) > 0.5

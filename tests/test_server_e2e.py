@@ -1,0 +1,133 @@
+"""End to end: the real MONAI Label server, the bodies OHIF v3 and Slicer send, real files back."""
+
+import json
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+import requests
+from monailabel.client import MONAILabelClient
+
+from medsam2.clicks import interior_point, largest_slice
+from medsam2.phantoms import make_phantom
+
+pytestmark = pytest.mark.e2e
+
+IMAGE = "phantom_500"
+
+
+@pytest.fixture(scope="module")
+def truth(server):
+    return make_phantom((64, 64, 32), seed=500).label
+
+
+def organ_click(truth):
+    organ = truth == 1
+    k = largest_slice(organ)
+    x, y = interior_point(organ[:, :, k].T)
+    return [x, y, k]
+
+
+def image_nifti(server, image_id=IMAGE):
+    return nib.load(str(server.studies / f"{image_id}.nii.gz"))
+
+
+def test_info_lists_medsam2_as_an_interactive_3d_model(server):
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    model = info["models"]["medsam2"]
+    assert model["type"] == "deepgrow" and model["dimension"] == 3
+    assert {"memory_policy", "intensity"} <= set(model["config"])
+
+
+def test_ohif_point_prompt_returns_an_nrrd_label_on_both_sides_of_the_click(server, truth):
+    # what OHIF v3's PointPrompts sends for a deepgrow model
+    i, j, k = organ_click(truth)
+    params = {"foreground": [[i, j, k]], "background": [], "result_extension": ".nrrd", "result_dtype": "uint8",
+              "result_compress": False, "restore_label_idx": False, "memory_policy": "fifo", "intensity": "auto"}
+    r = server.post_infer(IMAGE, params)
+    assert r.status_code == 200, r.text
+    path = server.log.parent / "ohif.nrrd"
+    path.write_bytes(r.content)
+    data, header = nrrd.read(str(path))
+    ref = image_nifti(server)
+    assert data.shape == ref.shape and data.dtype == np.uint8
+    assert set(np.unique(data)) == {0, 1}
+    # geometry: NRRD is LPS, NIfTI RAS; the voxel-to-world maps must be the same
+    lps_to_ras = np.diag([-1, -1, 1])
+    np.testing.assert_allclose(lps_to_ras @ np.asarray(header["space directions"]).T, ref.affine[:3, :3], atol=1e-4)
+    np.testing.assert_allclose(lps_to_ras @ np.asarray(header["space origin"]), ref.affine[:3, 3], atol=1e-4)
+    covered = np.nonzero(data.any(axis=(0, 1)))[0]
+    assert covered.min() < k - 3 and covered.max() > k + 3
+    organ = truth == 1
+    assert 2 * (data.astype(bool) & organ).sum() / (data.astype(bool).sum() + organ.sum()) > 0.5
+
+
+def test_slicer_client_with_roi_and_corrective_click_gets_a_nifti_with_the_image_geometry(server, truth, tmp_path):
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="slicer-user")
+    i, j, k = organ_click(truth)
+    ii, jj, _ = np.nonzero(truth == 1)
+    # Slicer's roi from RAS corners: i and j reversed on this volume, one voxel overshoot
+    roi = [int(ii.max()) + 1, int(ii.min()), int(jj.max()), int(jj.min()) - 1, k, k]
+    params = {"label": "organ", "foreground": [[i, j, k]], "background": [], "roi": roi,
+              "result_extension": ".nii.gz", "result_dtype": "uint8", "reset_state": True}
+    out, res = client.infer("medsam2", IMAGE, params)
+    label = nib.load(out)
+    ref = image_nifti(server)
+    assert label.shape == ref.shape
+    np.testing.assert_allclose(label.affine, ref.affine, atol=1e-4)
+    assert res["label_names"] == {"organ": 1}
+    first = np.asarray(label.dataobj)
+    # a corrective background click far from the organ: same image, features come from the cache
+    params["background"] = [[2, 2, k]]
+    out2, res2 = client.infer("medsam2", IMAGE, params)
+    assert res2["engine"]["cached_features"] is True and res2["latencies"]["encode"] == 0.0
+    assert np.asarray(nib.load(out2).dataobj).shape == first.shape
+
+
+def test_two_labels_in_one_request_and_multipart_output(server, truth):
+    params = {"objects": [{"label": "organ", "foreground": [organ_click(truth)]},
+                          {"label": "vessel", "foreground": [organ_click(np.where(truth == 2, 1, 0))]}],
+              "result_extension": ".nii.gz", "result_dtype": "uint16"}
+    r = server.post_infer(IMAGE, params, output="all")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("multipart/form-data")
+    r = server.post_infer(IMAGE, params, output="json")
+    body = r.json()
+    assert body["label_names"] == {"organ": 1, "vessel": 2}
+    assert all(o["slice_count"] > 0 for o in body["objects"])
+
+
+def test_two_clients_on_two_images_keep_their_cached_features(server, truth):
+    click = {"foreground": [organ_click(truth)]}
+    for client in ("a", "b"):
+        image = "phantom_501" if client == "a" else "phantom_502"
+        assert server.post_infer(image, {**click, "client_id": client}).status_code == 200
+    for client in ("a", "b"):
+        image = "phantom_501" if client == "a" else "phantom_502"
+        r = server.post_infer(image, {**click, "client_id": client}, output="json")
+        assert r.json()["engine"]["cached_features"] is True
+
+
+@pytest.mark.parametrize("image, params, status, message", [
+    (IMAGE, {"foreground": [[64, 10, 10]]}, 422, "outside the image"),
+    (IMAGE, {"foreground": [[10, 10, -1]]}, 422, "outside the image"),
+    (IMAGE, {"foreground": [[10, 10, 40]], "background": []}, 422, "outside the image"),
+    (IMAGE, {"foreground": [], "background": []}, 400, "no prompt"),
+    (IMAGE, {}, 400, "no prompt"),
+    (IMAGE, {"background": [[3, 3, 3]]}, 400, "no prompt"),
+    (IMAGE, {"roi": [200, 300, 0, 10, 0, 1]}, 422, "outside the image"),
+    (IMAGE, {"foreground": [[1, 1, 1]], "memory_policy": "lifo"}, 400, "memory_policy"),
+    (IMAGE, {"foreground": [[1, 1, 1]], "result_extension": ".exe"}, 400, "result_extension"),
+    (IMAGE, {"foreground": [[1, 1, 1]], "intensity": "sepia"}, 400, "intensity"),
+    ("no_such_image", {"foreground": [[1, 1, 1]]}, 404, "not in the datastore"),
+    ("broken", {"foreground": [[1, 1, 1]]}, 422, "cannot read image"),
+    ("flat2d", {"foreground": [[1, 1, 0]]}, 422, "2D image"),
+    ("stack4d", {"foreground": [[1, 1, 1]]}, 422, "4D image"),
+    (IMAGE, "{not json", 400, "not valid JSON"),
+])
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, truth, image, params, status, message):
+    r = server.post_infer(image, params)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    ok = server.post_infer(IMAGE, {"foreground": [organ_click(truth)]}, output="json")
+    assert ok.status_code == 200

@@ -222,14 +222,15 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict | None = None) -> Path:
-    """Write `{"model": state_dict, "meta": ...}` atomically: readers see the old file or the new one."""
+def atomic_torch_save(obj, path: Path) -> Path:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it: a reader (or a crash
+    half-way) sees the old file or the new one, never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta or {}}, tmp)
+        torch.save(obj, tmp)
         os.chmod(tmp, 0o644)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -237,3 +238,9 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict | None = None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict | None = None) -> Path:
+    """Write `{"model": state_dict, "meta": ...}` atomically (see atomic_torch_save)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return atomic_torch_save({"model": state, "meta": meta or {}}, path)

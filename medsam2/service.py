@@ -10,6 +10,7 @@ while the same model version serves the same image.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 class ModelProvider:
+    """The served model. Weights come from the fine-tuned checkpoint the trainer publishes for these
+    settings (`finetuned_path`) when there is one, else from the configured checkpoint."""
+
     def __init__(self, checkpoint: str | None, model_config: str | None, image_size: int | None,
                  model_dir: Path, device: str | None = None, encode_batch_size: int = 8, intensity=None):
         self.settings = (checkpoint, model_config, image_size)
@@ -30,11 +34,31 @@ class ModelProvider:
         self.encode_batch_size = encode_batch_size
         self.intensity = intensity
         self._lock = threading.Lock()
+        self._base: ModelSpec | None = None
         self._segmenter: Segmenter | None = None
         self._version: tuple | None = None
         self.spec: ModelSpec | None = None
 
-    def _file_version(self, spec: ModelSpec) -> tuple:
+    @property
+    def finetuned_path(self) -> Path:
+        checkpoint, model_config, image_size = self.settings
+        slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{Path(str(checkpoint)).stem}__{model_config}__{image_size}")
+        return self.model_dir / "finetuned" / f"{slug}.pt"
+
+    def base_spec(self) -> ModelSpec:
+        """The configured checkpoint, downloaded and verified once (raises CheckpointError)."""
+        if self._base is None:
+            self._base = resolve_spec(*self.settings, model_dir=self.model_dir)
+        return self._base
+
+    def current_spec(self) -> ModelSpec:
+        base = self.base_spec()
+        if self.finetuned_path.exists():
+            return ModelSpec(base.model_config, base.image_size, self.finetuned_path)
+        return base
+
+    @staticmethod
+    def _file_version(spec: ModelSpec) -> tuple:
         if spec.checkpoint is None:
             return (spec.model_config, spec.image_size, None)
         st = Path(spec.checkpoint).stat()
@@ -43,7 +67,7 @@ class ModelProvider:
     def get(self) -> tuple[Segmenter, tuple]:
         """(segmenter, version); the version changes whenever different weights are loaded."""
         with self._lock:
-            spec = resolve_spec(*self.settings, model_dir=self.model_dir)
+            spec = self.current_spec()
             version = self._file_version(spec)
             if self._segmenter is None or version != self._version:
                 t0 = time.perf_counter()

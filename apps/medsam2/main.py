@@ -11,6 +11,7 @@ from typing import Dict
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
@@ -53,7 +54,16 @@ class MedSam2App(MONAILabelApp):
         return trainers
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": Random(), "first": First()}
+        strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            strategies.update(config.strategy() or {})
+        return strategies
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        methods: Dict[str, ScoringMethod] = {}
+        for config in self.models.values():
+            methods.update(config.scoring_method() or {})
+        return methods
 
     def on_init_complete(self):
         super().on_init_complete()

@@ -3,7 +3,8 @@
 --conf checkpoint      manifest name (model/manifest.json) or a file path   [sam2.1_hiera_tiny]
 --conf model_config    sam2 config name, project config name or .yaml path  [from the manifest]
 --conf image_size      input resolution in pixels                            [from the manifest]
---conf memory_policy   default memory policy for propagation                 [fifo]
+--conf memory_policy   default memory policy: fifo | self_sorting            [fifo]
+--conf memory_capacity entries of a self-sorting memory bank (3D and One-Prompt) [16]
 --conf intensity       auto | percentile | CT preset | ct:<level>,<width>   [auto]
 --conf labels          JSON {name: value} offered to the clients            [{"organ":1,"vessel":2,"lesion":3}]
 --conf device          cuda | cpu | auto                                     [auto]
@@ -16,17 +17,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from functools import partial
 
 from monailabel.interfaces.config import TaskConfig
 
+from lib.activelearning import ConfidenceScoring, LeastConfident
 from lib.infers.medsam2 import MedSam2InferTask
+from lib.infers.oneprompt import OnePromptInferTask
+from lib.trainers.medsam2 import MedSam2Trainer
+from medsam2.memory import SelfSortingPolicy
+from medsam2.oneprompt import BankStore
 from medsam2.service import InteractiveSegmenter, ModelProvider
 from medsam2.sessions import SessionCache
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABELS = {"organ": 1, "vessel": 2, "lesion": 3}
-MEMORY_POLICIES = {"fifo": None}
 
 
 class MedSam2Config(TaskConfig):
@@ -44,17 +51,27 @@ class MedSam2Config(TaskConfig):
         self.cache = SessionCache(max_bytes=int(conf.get("cache_mb", 4096)) << 20,
                                   max_entries=int(conf.get("cache_entries", 8)))
         self.labels = json.loads(conf["labels"]) if conf.get("labels") else dict(DEFAULT_LABELS)
+        capacity = int(conf.get("memory_capacity", 16))
+        self.policies = {"fifo": None, "self_sorting": partial(SelfSortingPolicy, capacity=capacity)}
         self.memory_policy = conf.get("memory_policy", "fifo")
-        if self.memory_policy not in MEMORY_POLICIES:
-            raise ValueError(f"--conf memory_policy must be one of {sorted(MEMORY_POLICIES)}")
+        if self.memory_policy not in self.policies:
+            raise ValueError(f"--conf memory_policy must be one of {sorted(self.policies)}")
         self.intensity = conf.get("intensity", "auto")
         self.engine = InteractiveSegmenter(self.provider, self.cache)
+        self.banks = BankStore(os.path.join(model_dir, "oneprompt"), capacity=capacity)
 
     def infer(self):
         return {
             self.name: MedSam2InferTask(self.engine, self.labels, self.memory_policy, self.intensity,
-                                        policies=MEMORY_POLICIES),
+                                        policies=self.policies),
+            f"{self.name}_oneprompt": OnePromptInferTask(self.provider, self.banks, self.labels),
         }
 
     def trainer(self):
-        return None
+        return MedSam2Trainer(self.provider, self.model_dir, self.name)
+
+    def strategy(self):
+        return {"least_confident": LeastConfident()}
+
+    def scoring_method(self):
+        return {f"{self.name}_confidence": ConfidenceScoring(self.provider)}

@@ -1,3 +1,4 @@
 from .medsam2 import MedSam2InferTask
+from .oneprompt import OnePromptInferTask
 
-__all__ = ["MedSam2InferTask"]
+__all__ = ["MedSam2InferTask", "OnePromptInferTask"]

@@ -15,42 +15,17 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import HTTPException
-from monai.data import MetaTensor
-from monai.transforms import LoadImage
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
-from monailabel.transform.writer import Writer
 
+from lib.infers.image_io import image_path_or_404, load_volume, result_format, write_label
+
+from medsam2.checkpoints import CheckpointError
 from medsam2.frames import Intensity
 from medsam2.prompts import PromptError, parse_objects
 from medsam2.service import InteractiveSegmenter
 
 logger = logging.getLogger(__name__)
-
-RESULT_EXTENSIONS = (".nrrd", ".nii.gz", ".nii")
-RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
-
-
-def load_volume(path: str) -> tuple[np.ndarray, dict]:
-    """Read a 3D image with MONAI's readers (NIfTI, NRRD, DICOM series...) -> (array, geometry).
-
-    Raises HTTP 422 for files that cannot be read or are not 3D.
-    """
-    try:
-        image = LoadImage(image_only=True)(path)
-    except Exception as e:
-        raise HTTPException(status_code=422, detail=f"cannot read image {os.path.basename(path)!r}: {e}") from e
-    if image.ndim == 4 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim != 3:
-        kind = "a 2D image" if image.ndim == 2 else f"a {image.ndim}D image"
-        raise HTTPException(status_code=422, detail=f"medsam2 segments 3D volumes; got {kind} of shape "
-                                                    f"{list(image.shape)}")
-    if min(image.shape) < 1:
-        raise HTTPException(status_code=422, detail=f"the image is empty (shape {list(image.shape)})")
-    affine = image.affine.clone() if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
-    return np.asarray(image.array if isinstance(image, MetaTensor) else image), {"affine": affine}
 
 
 class MedSam2InferTask(InferTask):
@@ -79,15 +54,8 @@ class MedSam2InferTask(InferTask):
 
     def __call__(self, request) -> tuple[str | None, dict[str, Any]]:
         t0 = time.perf_counter()
-        image_path = request.get("image")
-        if not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path) and not os.path.isdir(image_path):
-            raise HTTPException(status_code=404, detail=f"image {request.get('image')!r} is not in the datastore")
-        ext = request.get("result_extension") or ".nrrd"
-        dtype = request.get("result_dtype") or "uint8"
-        if ext not in RESULT_EXTENSIONS:
-            raise HTTPException(status_code=400, detail=f"result_extension must be one of {RESULT_EXTENSIONS}")
-        if dtype not in RESULT_DTYPES:
-            raise HTTPException(status_code=400, detail=f"result_dtype must be one of {RESULT_DTYPES}")
+        image_path = image_path_or_404(request)
+        ext, dtype = result_format(request)
         if not (request.get("foreground") or request.get("roi") or request.get("objects")):
             raise HTTPException(status_code=400, detail="no prompt: send 'foreground' clicks [[i, j, k], ...] "
                                                         "and/or an 'roi' [i0, i1, j0, j1, k0, k1]")
@@ -100,7 +68,10 @@ class MedSam2InferTask(InferTask):
         stat = os.stat(image_path)
         session_key = (str(request.get("client_id") or "default"), os.path.realpath(image_path), stat.st_mtime_ns)
         t_load = time.perf_counter()
-        segmenter, session, cached = self.engine.open(session_key, lambda: load_volume(image_path), intensity)
+        try:
+            segmenter, session, cached = self.engine.open(session_key, lambda: load_volume(image_path), intensity)
+        except CheckpointError as e:
+            raise HTTPException(status_code=503, detail=f"the model is not available: {e}") from e
         try:
             objects = parse_objects(request, session.shape, self.label_values)
         except PromptError as e:
@@ -110,16 +81,8 @@ class MedSam2InferTask(InferTask):
         dtype_max = np.iinfo(dtype).max if dtype != "float32" else None
         if dtype_max is not None and result.label.max(initial=0) > dtype_max:
             raise HTTPException(status_code=400, detail=f"label values do not fit result_dtype {dtype}")
-        data = {
-            "image_path": image_path,
-            "pred": result.label,
-            "image_meta_dict": {"affine": session.header["affine"]},
-            "image": None,
-            "result_extension": ext,
-            "result_dtype": dtype,
-            "result_compress": bool(request.get("result_compress", False)),
-        }
-        label_file, _ = Writer(label="pred", ref_image="image")(data)
+        label_file = write_label(result.label, image_path, session.header["affine"], ext, dtype,
+                                 request.get("result_compress", False))
         total = time.perf_counter() - t0
         params = {
             "label_names": {o.label: o.value for o in objects},

@@ -1,0 +1,3 @@
+from .medsam2 import MedSam2Trainer
+
+__all__ = ["MedSam2Trainer"]

@@ -1,0 +1,4 @@
+from .confidence import ConfidenceScoring
+from .least_confident import LeastConfident
+
+__all__ = ["ConfidenceScoring", "LeastConfident"]

@@ -1,0 +1,64 @@
+"""Reading images and writing labels for the infer tasks, with the HTTP errors users see."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+from monailabel.transform.writer import Writer
+
+RESULT_EXTENSIONS = (".nrrd", ".nii.gz", ".nii")
+RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
+
+
+def read_image(path: str):
+    """Read an image with MONAI's readers (NIfTI, NRRD, DICOM series, PNG...); HTTP 422 if unreadable."""
+    try:
+        image = LoadImage(image_only=True)(path)
+    except Exception as e:
+        raise HTTPException(status_code=422, detail=f"cannot read image {os.path.basename(path)!r}: {e}") from e
+    if min(image.shape, default=0) < 1:
+        raise HTTPException(status_code=422, detail=f"the image is empty (shape {list(image.shape)})")
+    affine = image.affine.clone() if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
+    return np.asarray(image.array if isinstance(image, MetaTensor) else image), {"affine": affine}
+
+
+def load_volume(path: str) -> tuple[np.ndarray, dict]:
+    """A 3D image -> (array (I, J, K), geometry); HTTP 422 for anything else."""
+    array, header = read_image(path)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        kind = "a 2D image" if array.ndim == 2 else f"a {array.ndim}D image"
+        raise HTTPException(status_code=422, detail=f"medsam2 segments 3D volumes; got {kind} of shape "
+                                                    f"{list(array.shape)}")
+    return array, header
+
+
+def image_path_or_404(request) -> str:
+    path = request.get("image")
+    if not isinstance(path, str) or not path or not (os.path.isfile(path) or os.path.isdir(path)):
+        raise HTTPException(status_code=404, detail=f"image {request.get('image')!r} is not in the datastore")
+    return path
+
+
+def result_format(request, default_ext: str = ".nrrd", extensions=RESULT_EXTENSIONS) -> tuple[str, str]:
+    ext = request.get("result_extension") or default_ext
+    dtype = request.get("result_dtype") or "uint8"
+    if ext not in extensions:
+        raise HTTPException(status_code=400, detail=f"result_extension must be one of {extensions}")
+    if dtype not in RESULT_DTYPES:
+        raise HTTPException(status_code=400, detail=f"result_dtype must be one of {RESULT_DTYPES}")
+    return ext, dtype
+
+
+def write_label(label: np.ndarray, image_path: str, affine, ext: str, dtype: str, compress=False) -> str:
+    """The label file, written by MONAI Label's Writer with the image's geometry."""
+    data = {"image_path": image_path, "pred": label, "image_meta_dict": {"affine": affine}, "image": None,
+            "result_extension": ext, "result_dtype": dtype, "result_compress": bool(compress)}
+    label_file, _ = Writer(label="pred", ref_image="image")(data)
+    return label_file

@@ -1,0 +1,137 @@
+"""The `medsam2` train task: fine-tune on the labels clinicians saved, publish, serve without restart.
+
+MONAI Label runs it in a subprocess (`POST /train/medsam2`). It reads every image with a saved
+label from the datastore (3D volumes and 2D images), holds out a validation split, trains with the
+project's trainer (medsam2/training/loop.py) starting from the weights being served, and publishes
+the best weights atomically to the provider's fine-tuned checkpoint; the infer tasks pick them up on
+their next request. A stopped or failed run publishes nothing. Progress goes to stdout (shown in
+`/train` status), to a stats file (shown in `/info` train_stats) and to TensorBoard under model/runs.
+
+Request params: max_steps (300), max_minutes, val_split (0.2), clip_len (8), max_objects (3),
+clips_per_step (2), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with
+true, torch DDP over all GPUs; on a CPU-only machine `cpu_processes` gloo processes, default 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.infers.image_io import read_image
+from medsam2.service import ModelProvider
+from medsam2.training.loop import TrainConfig, train, train_distributed
+
+logger = logging.getLogger(__name__)
+
+
+def _flag(value) -> bool:
+    return str(value).lower() in ("1", "true", "yes")
+
+
+class MedSam2Trainer(TrainTask):
+    def __init__(self, provider: ModelProvider, model_dir: str, name: str = "medsam2"):
+        super().__init__("Fine-tune MedSAM-2 on saved labels (clips through the labelled structures)")
+        self.provider = provider
+        self.name = name
+        self.stats_path = Path(model_dir) / "train" / f"{name}_stats.json"
+        self.runs_dir = Path(model_dir) / "runs" / name
+
+    def config(self):
+        return {"max_steps": 300, "max_minutes": 0, "val_split": 0.2, "clip_len": 8, "max_objects": 3,
+                "clips_per_step": 2, "train_modules": "auto", "multi_gpu": False}
+
+    def stats(self):
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_stats(self, stats: dict) -> None:
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.stats_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stats, indent=1, default=float))
+        os.replace(tmp, self.stats_path)
+
+    @staticmethod
+    def _pairs(datastore: Datastore):
+        pairs, skipped = [], []
+        for item in datastore.datalist():
+            try:
+                image, _ = read_image(item["image"])
+                label, _ = read_image(item["label"])
+            except Exception as e:  # one unreadable pair must not stop training on the others
+                skipped.append(f"{os.path.basename(item['image'])}: {getattr(e, 'detail', e)}")
+                continue
+            image, label = np.squeeze(image), np.squeeze(label).astype(np.int64)
+            if image.shape != label.shape or image.ndim not in (2, 3):
+                skipped.append(f"{os.path.basename(item['image'])}: image {image.shape} vs label {label.shape}")
+                continue
+            pairs.append((image.astype(np.float32), label))
+        return pairs, skipped
+
+    def __call__(self, request, datastore: Datastore):
+        t0 = time.time()
+        pairs, skipped = self._pairs(datastore)
+        if not pairs:
+            raise ValueError("no saved labels to train on: save at least one label first")
+        rng = np.random.default_rng(int(request.get("seed", 0)))
+        order = rng.permutation(len(pairs))
+        n_val = int(round(len(pairs) * float(request.get("val_split", 0.2)))) if len(pairs) > 1 else 0
+        n_val = min(max(n_val, 1 if len(pairs) > 1 else 0), len(pairs) - 1)
+        val = [pairs[i] for i in order[:n_val]]
+        trn = [pairs[i] for i in order[n_val:]]
+
+        current = self.provider.current_spec()
+        cfg = TrainConfig(
+            model_config=current.model_config,
+            image_size=current.image_size,
+            init_checkpoint=current.checkpoint,
+            out_checkpoint=self.provider.finetuned_path,
+            max_steps=int(request.get("max_steps", 300)),
+            max_minutes=float(request["max_minutes"]) if float(request.get("max_minutes") or 0) > 0 else None,
+            clip_len=int(request.get("clip_len", 8)),
+            max_objects=int(request.get("max_objects", 3)),
+            clips_per_step=int(request.get("clips_per_step", 2)),
+            val_every=int(request.get("val_every", 50)),
+            lr=float(request["lr"]) if request.get("lr") else None,
+            train_modules=str(request.get("train_modules", "auto")),
+            seed=int(request.get("seed", 0)),
+        )
+        stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
+                 "start_from": str(current.checkpoint or "random weights"), "history": []}
+        self._write_stats(stats)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self.runs_dir / time.strftime("%Y%m%d-%H%M%S")))
+
+        def log(entry: dict):
+            print(f"medsam2 train: {json.dumps(entry, default=float)}", flush=True)
+            for k, v in entry.items():
+                if k not in ("step", "elapsed_s") and isinstance(v, (int, float)):
+                    writer.add_scalar(f"train/{k}" if k != "val_dice" else "val/dice", v, entry["step"])
+            if "val_dice" in entry:
+                stats["history"].append({"step": entry["step"], "val_dice": entry["val_dice"],
+                                         "elapsed_s": entry.get("elapsed_s")})
+                self._write_stats(stats)
+
+        world = torch.cuda.device_count() if torch.cuda.is_available() else int(request.get("cpu_processes", 1))
+        if _flag(request.get("multi_gpu", False)) and world > 1:
+            result = train_distributed(cfg, trn, val, world_size=world)
+            for entry in result.history:
+                log(entry)
+        else:
+            result = train(cfg, trn, val, log=log)
+        writer.close()
+        stats.update({"status": "DONE", "steps": result.steps, "seconds": round(time.time() - t0, 1),
+                      "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
+                      "published": str(result.published) if result.published else None})
+        self._write_stats(stats)
+        return stats

@@ -1,0 +1,126 @@
+"""The simulated clinician: where the first box or click goes, and where each correction goes.
+
+A protocol is one first prompt on the slice where the structure is largest, either
+  box    its bounding box there (optionally jittered by `box_jitter`, a fraction of the box size), or
+  click  one foreground click at the interior point farthest from the border there,
+then up to `corrections` corrective clicks, each in the largest error region of the worst slice
+(the slice with the most wrong voxels): a foreground click in a missed region, a background click in
+a false-positive one, at that region's most interior pixel. Every prompt is replayed and the volume
+re-propagated after each click, as the server does for each request.
+
+Placement uses medsam2.clicks (shared with training) and depends only on the masks; the seed drives
+the one random part (box jitter), so the same seed gives the same clicks and, the engine being
+deterministic, the same results. Positions are recorded as voxel indices (i, j, k).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..clicks import bounding_box, corrective_click, interior_point, largest_slice
+from ..prompts import ObjectPrompt
+
+FIRST_PROMPTS = ("box", "click")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    first: str = "click"
+    corrections: int = 0
+    box_jitter: float = 0.0
+
+    def __post_init__(self):
+        if self.first not in FIRST_PROMPTS:
+            raise ValueError(f"unknown first prompt {self.first!r}: use one of {FIRST_PROMPTS}")
+        if self.corrections < 0:
+            raise ValueError("corrections must be >= 0")
+
+    @classmethod
+    def parse(cls, spec: str, corrections: int | None = None, box_jitter: float = 0.0) -> "Protocol":
+        """"click", "box", or with corrections "click+3" (an explicit `corrections` wins)."""
+        m = re.fullmatch(r"\s*(box|click)\s*(?:\+\s*(\d+))?\s*", str(spec).lower())
+        if not m:
+            raise ValueError(f"unknown protocol {spec!r}: use box, click, box+N or click+N")
+        n = corrections if corrections is not None else int(m.group(2) or 0)
+        return cls(m.group(1), int(n), float(box_jitter))
+
+    @property
+    def name(self) -> str:
+        return f"{self.first}+{self.corrections}" if self.corrections else self.first
+
+    @property
+    def interactions(self) -> int:
+        return 1 + self.corrections
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One prompt: kind is box, click (the first foreground click), fg or bg (corrections)."""
+
+    kind: str
+    k: int
+    i: float | None = None
+    j: float | None = None
+    box: tuple[float, float, float, float] | None = None  # (i0, j0, i1, j1), i1/j1 exclusive
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "k": self.k, "i": self.i, "j": self.j,
+                "box": list(self.box) if self.box is not None else None}
+
+
+def first_interaction(protocol: Protocol, truth: np.ndarray, rng: np.random.Generator) -> Interaction:
+    """The first prompt on the slice with the largest area of the (I, J, K) truth."""
+    k = largest_slice(truth)
+    if k is None:
+        raise ValueError("the structure is empty: nothing to prompt")
+    frame = truth[:, :, k].T  # frame rows are J, columns I (frames.py)
+    if protocol.first == "box":
+        return Interaction("box", k, box=bounding_box(frame, rng, protocol.box_jitter))
+    x, y = interior_point(frame)
+    return Interaction("click", k, i=x, j=y)
+
+
+def worst_slice(pred: np.ndarray, truth: np.ndarray) -> int | None:
+    """The slice with the most wrong voxels (lowest k on ties); None when the prediction is exact."""
+    errors = (pred != truth).reshape(-1, truth.shape[-1]).sum(axis=0)
+    return int(np.argmax(errors)) if errors.max() > 0 else None
+
+
+def correction(pred: np.ndarray, truth: np.ndarray) -> Interaction | None:
+    """The next corrective click, or None when there is nothing left to correct."""
+    k = worst_slice(pred, truth)
+    if k is None:
+        return None
+    x, y, positive = corrective_click(pred[:, :, k].T, truth[:, :, k].T)
+    return Interaction("fg" if positive else "bg", k, i=x, j=y)
+
+
+def add_to_prompt(obj: ObjectPrompt, step: Interaction) -> None:
+    """Add an interaction to the object's prompts (voxel (i, j) is frame point (i + .5, j + .5))."""
+    if step.kind == "box":
+        obj.box = (step.k, step.box)
+    else:
+        obj.clicks.setdefault(step.k, []).append((step.i + 0.5, step.j + 0.5, 0 if step.kind == "bg" else 1))
+
+
+def simulate(protocol: Protocol, truth: np.ndarray, predict: Callable[[ObjectPrompt], np.ndarray],
+             rng: np.random.Generator, label: str = "object", value: int = 1
+             ) -> Iterator[tuple[Interaction, np.ndarray, float]]:
+    """Run the protocol against `predict` (prompt -> boolean (I, J, K) volume); yields
+    (interaction, prediction after it, seconds predict took). Stops early once the prediction is exact."""
+    truth = np.asarray(truth, dtype=bool)
+    obj = ObjectPrompt(label=label, value=value)
+    pred = None
+    for n in range(protocol.interactions):
+        step = first_interaction(protocol, truth, rng) if n == 0 else correction(pred, truth)
+        if step is None:
+            return
+        add_to_prompt(obj, step)
+        t0 = time.perf_counter()
+        pred = np.asarray(predict(obj), dtype=bool)
+        yield step, pred, time.perf_counter() - t0

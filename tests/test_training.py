@@ -1,0 +1,163 @@
+"""Trainer parts: clip sampling, prompt simulation, the loss, atomic publishing, DDP (CPU)."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from medsam2 import predictor
+from medsam2.checkpoints import ModelSpec, build_model, save_checkpoint
+from medsam2.phantoms import make_phantom
+from medsam2.training.clips import ClipSampler, LabelledVolume
+from medsam2.training.objective import ClipObjective
+from medsam2.training.prompt_sim import PromptSettings, add_corrections, initial_points
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    return [LabelledVolume(p.image, p.label) for p in (make_phantom((48, 48, 20), seed=s) for s in (1, 2))]
+
+
+def test_clips_are_consecutive_slices_starting_where_the_structure_is(volumes):
+    sampler = ClipSampler(volumes, image_size=64, clip_len=6, max_objects=3, seed=0)
+    directions = set()
+    for _ in range(40):
+        clip = sampler.sample()
+        steps = set(np.diff(clip.slices))
+        assert len(clip.slices) == 6 and steps in ({1}, {-1})
+        directions |= steps
+        assert clip.frames.shape == (6, 3, 64, 64) and clip.masks.shape == (6, len(clip.values), 64, 64)
+        assert clip.masks[0, 0].any()  # the first object is visible on the prompted frame
+        assert 1 <= len(clip.values) <= 3 and len(set(clip.values)) == len(clip.values)
+    assert directions == {1, -1}
+
+
+def test_clips_turn_around_at_the_end_of_the_volume_and_2d_images_give_one_frame(volumes):
+    sampler = ClipSampler(volumes, image_size=32, clip_len=8)
+    assert sampler.clip_slices(20, 18, reverse=False) == [18, 17, 16, 15, 14, 13, 12, 11]
+    assert sampler.clip_slices(20, 2, reverse=True) == [2, 3, 4, 5, 6, 7, 8, 9]
+    img = make_phantom((48, 48, 20), seed=3)
+    flat = LabelledVolume(img.image[:, :, 10], img.label[:, :, 10])
+    clip = ClipSampler([flat], image_size=32, clip_len=8).sample()
+    assert clip.frames.shape[0] == 1 and clip.slices == [0]
+
+
+def test_half_the_clips_run_past_the_end_of_the_structure(volumes):
+    sampler = ClipSampler(volumes, image_size=32, clip_len=8, max_objects=1, seed=1, p_exit=0.5)
+    leaves = 0
+    for _ in range(60):
+        clip = sampler.sample()
+        leaves += int(not clip.masks[-1, 0].any())
+    assert 10 <= leaves <= 50
+
+
+def test_simulated_prompts_lie_on_the_structure_and_corrections_on_the_errors():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((2, 32, 32), bool)
+    truth[0, 5:15, 10:20] = True
+    truth[1, 20:30, 0:8] = True
+    clicks = initial_points(truth, "click", rng, PromptSettings())
+    for n, (x, y) in enumerate(clicks["point_coords"][:, 0].tolist()):
+        assert truth[n, int(y), int(x)] and clicks["point_labels"][n, 0] == 1
+    boxes = initial_points(truth, "box", rng, PromptSettings(box_jitter=0.0))
+    assert boxes["point_coords"][0].tolist() == [[10.0, 5.0], [20.0, 15.0]]
+    assert boxes["point_labels"][0].tolist() == [2, 3]
+    pred = truth.copy()
+    pred[0, 5:15, 10:15] = False  # missed part of object 0; object 1 exact
+    more = add_corrections(clicks, pred, truth)
+    assert more["point_coords"].shape == (2, 2, 2)
+    x, y = more["point_coords"][0, 1].tolist()
+    assert more["point_labels"][0, 1] == 1 and 10 <= x < 15 and 5 <= y < 15
+    assert more["point_labels"][1, 1] == -1  # nothing to correct: padding
+
+
+def test_loss_is_near_zero_for_a_perfect_prediction_and_large_for_a_wrong_one():
+    objective = ClipObjective(torch.nn.Linear(1, 1))
+    truth = torch.zeros(2, 16, 16, dtype=torch.bool)
+    truth[0, 4:12, 4:12] = True  # object 1 is absent on this frame
+
+    def run(mask_logits, ious, obj_logits):
+        predictor._captured.sam_outputs = (None, mask_logits, ious, None, None, None, obj_logits)
+        return {k: float(v) for k, v in objective.frame_loss(truth).items()}
+
+    perfect = torch.where(truth, 30.0, -30.0)[:, None].float()
+    good = run(perfect, torch.tensor([[1.0], [1.0]]), torch.tensor([[20.0], [-20.0]]))
+    assert good["mask"] < 1e-3 and good["iou"] < 1e-3 and good["object_score"] < 1e-3
+    wrong = run(-perfect, torch.tensor([[1.0], [1.0]]), torch.tensor([[-20.0], [20.0]]))
+    assert wrong["mask"] > 1.0 and wrong["iou"] > 0.9 and wrong["object_score"] > 10
+    # the best of several candidates is the one scored
+    two = torch.cat([-perfect, perfect], dim=1)
+    assert run(two, torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([[20.0], [-20.0]]))["mask"] < 1e-3
+
+
+def test_publishing_is_atomic_for_a_concurrent_reader(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("sam2.1_hiera_micro"))
+    path = save_checkpoint(model, tmp_path / "served.pt", meta={"n": 0})
+    seen, errors, done = set(), [], threading.Event()
+
+    def reader():
+        while not done.is_set():
+            try:
+                seen.add(torch.load(path, weights_only=True)["meta"]["n"])
+            except Exception as e:  # a partial file would land here
+                errors.append(repr(e))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for n in range(1, 8):
+        save_checkpoint(model, path, meta={"n": n})
+    done.set()
+    t.join()
+    assert not errors and len(seen) >= 2
+    assert not list(tmp_path.glob("*.part"))
+
+
+def _deterministic_objective(seed=0):
+    torch.manual_seed(seed)
+    model = build_model(ModelSpec("sam2.1_hiera_micro"), for_training=True)
+    for m in model.modules():  # no dropout: both runs must see the same function
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout_p"):
+            m.dropout_p = 0.0
+    return ClipObjective(model, prompts=PromptSettings(p_mask=0.0, p_two_cond_frames=0.0, max_corrections=1))
+
+
+def _clips():
+    volumes = [LabelledVolume(p.image, p.label) for p in (make_phantom((48, 48, 16), seed=s) for s in (5, 6))]
+    sampler = ClipSampler(volumes, image_size=256, clip_len=3, max_objects=2, seed=3)
+    return [sampler.sample(), sampler.sample()]
+
+
+def _ddp_rank(rank, world, port, out):
+    import os
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    objective = _deterministic_objective()
+    ddp = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+    clip = _clips()[rank]
+    ddp(clip, np.random.default_rng(100 + rank))["loss"].backward()
+    if rank == 0:
+        torch.save({n: p.grad.clone() for n, p in objective.model.named_parameters() if p.grad is not None}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_two_gloo_processes_gives_the_single_process_gradients(tmp_path):
+    from conftest import free_port
+
+    out = tmp_path / "ddp_grads.pt"
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    ddp_grads = torch.load(out, weights_only=True)
+
+    objective = _deterministic_objective()
+    clips = _clips()
+    loss = sum(objective(c, np.random.default_rng(100 + r))["loss"] for r, c in enumerate(clips)) / 2
+    loss.backward()
+    single = {n: p.grad for n, p in objective.model.named_parameters() if p.grad is not None}
+    assert set(single) == set(ddp_grads) and len(single) > 50
+    for name, g in single.items():
+        torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)

@@ -77,7 +77,8 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, f
     spacing = tuple(float(s) for s in image.pixdim[:3])
     image, label = np.asarray(image.array).squeeze(), np.asarray(label.array).squeeze()
     if image.ndim != 3 or label.shape != image.shape:
-        raise ValueError(f"{case.id}: need a 3D image and a label of the same shape, got {image.shape} and {label.shape}")
+        raise ValueError(f"{case.id}: need a 3D image and a label of the same shape, "
+                         f"got {image.shape} and {label.shape}")
     return image, np.rint(label).astype(np.int32), spacing
 
 

@@ -19,7 +19,7 @@ SUMMARY_FIELDS = ["policy", "structure", "cases", "interactions", "dice_first_me
                   "truth_slices_before_mean", "truth_slices_after_mean"]
 CASE_FIELDS = ["case", "structure", "policy", "interaction", "kind", "k", "i", "j", "box", "dice", "nsd", "seconds",
                "encode_s", "slices_before", "slices_after", "truth_slices_before", "truth_slices_after",
-               "truth_voxels", "pred_voxels"]
+               "truth_voxels", "pred_voxels", "spacing"]
 
 
 def _runs(records: list[dict]) -> dict[tuple, list[dict]]:

@@ -88,6 +88,7 @@ def evaluate_volume(segmenter: Segmenter, case_id: str, image: np.ndarray, label
                         **step.as_dict(), "seconds": round(seconds, 4), "encode_s": round(session.opened_s, 4),
                         **structure_metrics(pred, truth, spacing, settings.tolerance_mm, key_slice),
                         "truth_voxels": int(truth.sum()), "pred_voxels": int(pred.sum()),
+                        "spacing": [float(s) for s in spacing],
                     })
                     bar.update(1)
                     done = n

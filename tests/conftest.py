@@ -101,23 +101,30 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def studies(tmp_path_factory) -> Path:
-    """Three phantom volumes (phantom_500..502) and three images the 3D task must refuse."""
+    """Three phantom volumes (phantom_500..502), three images the 3D task must refuse, and two 2D
+    images (the middle slices of phantoms 510 and 511) for One-Prompt."""
     import nibabel as nib
     import numpy as np
 
-    from medsam2.phantoms import write_studies
+    from medsam2.phantoms import make_phantom, write_studies
 
     folder = tmp_path_factory.mktemp("studies")
     write_studies(folder, 3, shape=(64, 64, 32), seed=500)
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(2000))  # gzip magic, then garbage
     nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), str(folder / "flat2d.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 8, 3), np.int16), np.eye(4)), str(folder / "stack4d.nii.gz"))
+    for name, seed in (("photo2d_a", 510), ("photo2d_b", 511)):  # 2D images for One-Prompt
+        p = make_phantom((64, 64, 32), seed=seed)
+        nib.save(nib.Nifti1Image(p.image[:, :, 16].astype(np.int16), np.eye(4)), str(folder / f"{name}.nii.gz"))
     return folder
 
 
 @pytest.fixture(scope="session")
 def server(studies, trained_checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    s = start_server(studies, {"checkpoint": trained_checkpoint, "model_config": "sam2.1_hiera_micro"}, log)
+    conf = {"checkpoint": trained_checkpoint, "model_config": "sam2.1_hiera_micro",
+            "model_dir": tmp_path_factory.mktemp("served_model")}
+    s = start_server(studies, conf, log)
+    s.conf = conf
     yield s
     stop_server(s.proc)

@@ -131,3 +131,57 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, truth, 
     assert message in r.json()["detail"]
     ok = server.post_infer(IMAGE, {"foreground": [organ_click(truth)]}, output="json")
     assert ok.status_code == 200
+
+
+def test_each_memory_policy_segments_both_sides_of_the_click(server, truth):
+    i, j, k = organ_click(truth)
+    for policy in ("fifo", "self_sorting"):
+        r = server.post_infer(IMAGE, {"foreground": [[i, j, k]], "memory_policy": policy}, output="json")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["memory_policy"] == policy
+        first, last = body["objects"][0]["slices"]
+        assert first < k - 3 and last > k + 3
+
+
+def test_one_prompt_segments_another_image_from_the_bank_and_the_bank_survives_a_restart(server, studies, tmp_path):
+    organ = make_phantom((64, 64, 32), seed=510).label[:, :, 16] == 1
+    x, y = interior_point(organ.T)
+    # nothing in the bank yet: a clear 409
+    r = server.post_infer("photo2d_b", {"label": "vessel"}, model="medsam2_oneprompt")
+    assert r.status_code == 409 and "prompt one image" in r.json()["detail"]
+    r = server.post_infer("photo2d_a", {"label": "organ", "foreground": [[x, y]]}, model="medsam2_oneprompt",
+                          output="json")
+    assert r.status_code == 200, r.text
+    assert r.json()["prompted"] is True and r.json()["bank_size"] == 1
+    r = server.post_infer("photo2d_b", {"label": "organ", "result_extension": ".nii.gz"}, model="medsam2_oneprompt")
+    assert r.status_code == 200, r.text
+    (tmp_path / "b.nii.gz").write_bytes(r.content)
+    mask = nib.load(str(tmp_path / "b.nii.gz"))
+    assert mask.shape == (64, 64)
+    # a second server process on the same model folder finds the bank on disk
+    from conftest import start_server, stop_server
+
+    again = start_server(studies, server.conf, tmp_path / "again.log")
+    try:
+        r = again.post_infer("photo2d_b", {"label": "organ"}, model="medsam2_oneprompt", output="json")
+        assert r.status_code == 200, r.text
+        assert r.json()["prompted"] is False and r.json()["memories_used"] >= 1
+        r = again.post_infer("photo2d_b", {"label": "organ", "clear_bank": True}, model="medsam2_oneprompt",
+                             output="json")
+        assert r.json()["cleared"] is True
+        assert again.post_infer("photo2d_b", {"label": "organ"}, model="medsam2_oneprompt").status_code == 409
+    finally:
+        stop_server(again.proc)
+
+
+@pytest.mark.parametrize("label", ["../../etc/passwd", "a/b", "x" * 100])
+def test_one_prompt_refuses_label_names_that_are_not_plain_names(server, label):
+    r = server.post_infer("photo2d_a", {"label": label, "foreground": [[3, 3]]}, model="medsam2_oneprompt")
+    assert r.status_code == 400 and "not allowed" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("image", ["/etc/passwd", "README.md", "../studies/phantom_500", "phantom_500.nii.gz"])
+def test_image_ids_that_are_paths_are_not_read(server, image):
+    r = server.post_infer(image, {"foreground": [[1, 1, 1]]})
+    assert r.status_code == 404 and "not in the datastore" in r.json()["detail"]

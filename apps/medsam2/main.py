@@ -18,6 +18,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib import http_errors
+from lib.image_ids import check_image_id
 from lib.configs import MedSam2Config
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class MedSam2App(MONAILabelApp):
         for config in self.models.values():
             infers.update(config.infer())
         return infers
+
+    def infer(self, request, datastore=None):
+        check_image_id(request, datastore or self.datastore())
+        return super().infer(request, datastore)
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         trainers: Dict[str, TrainTask] = {}

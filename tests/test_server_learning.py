@@ -1,0 +1,101 @@
+"""End to end on CPU: train through /train/medsam2 from scratch, serve the new weights without a
+restart, keep them when a run is stopped, score unlabelled images and pick the least confident."""
+
+import hashlib
+import json
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from conftest import start_server, stop_server
+from medsam2.clicks import interior_point, largest_slice
+from medsam2.phantoms import make_phantom, write_studies
+
+pytestmark = pytest.mark.e2e
+
+TRAIN_STEPS = 120
+HELD_OUT = "phantom_900"
+
+
+@pytest.fixture(scope="module")
+def learning_server(tmp_path_factory):
+    studies = tmp_path_factory.mktemp("learning_studies")
+    write_studies(studies, 6, shape=(64, 64, 32), seed=0, with_labels=6)  # labelled: phantom_000..005
+    write_studies(studies, 3, shape=(64, 64, 32), seed=900)  # unlabelled: phantom_900..902
+    model_dir = tmp_path_factory.mktemp("model")
+    log = tmp_path_factory.mktemp("learning_logs") / "server.log"
+    server = start_server(studies, {"checkpoint": "random", "model_config": "sam2.1_hiera_micro",
+                                    "model_dir": model_dir}, log)
+    server.model_dir = model_dir
+    yield server
+    stop_server(server.proc)
+
+
+def one_click_dice(server, image_id, seed, value=1):
+    truth = make_phantom((64, 64, 32), seed=seed).label == value
+    k = largest_slice(truth)
+    x, y = interior_point(truth[:, :, k].T)
+    r = server.post_infer(image_id, {"foreground": [[x, y, k]], "result_extension": ".nii.gz"})
+    assert r.status_code == 200, r.text
+    path = server.log.parent / f"{image_id}.nii.gz"
+    path.write_bytes(r.content)
+    pred = np.asarray(nib.load(str(path)).dataobj) > 0
+    return 2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum())
+
+
+def wait_for_task(server, kind, timeout=1500):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = requests.get(f"{server.url}/{kind}/", timeout=30).json()
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"{kind} did not finish in {timeout}s")
+
+
+def test_training_from_scratch_makes_the_served_model_better_without_a_restart(learning_server):
+    server = learning_server
+    before = one_click_dice(server, HELD_OUT, 900)
+    r = requests.post(f"{server.url}/train/medsam2", json={"max_steps": TRAIN_STEPS, "val_every": TRAIN_STEPS,
+                                                            "clip_len": 8, "seed": 0}, timeout=60)
+    assert r.status_code == 200, r.text
+    status = wait_for_task(server, "train")
+    assert status["status"] == "DONE", status.get("details")
+    stats = requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["medsam2"]
+    assert stats["status"] == "DONE" and stats["train_images"] == 5 and stats["val_images"] == 1
+    assert stats["best_val_dice"] > stats["initial_val_dice"]
+    assert list((server.model_dir / "runs" / "medsam2").glob("*/events.out.tfevents.*"))
+    after = one_click_dice(server, HELD_OUT, 900)
+    print(f"\none-click Dice on held-out phantom organ: {before:.3f} before, {after:.3f} after {TRAIN_STEPS} steps")
+    assert after > before + 0.2 and after > 0.5
+
+
+def test_a_stopped_run_leaves_the_served_weights_intact(learning_server):
+    server = learning_server
+    served = next((server.model_dir / "finetuned").glob("*.pt"))
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    r = requests.post(f"{server.url}/train/medsam2", json={"max_steps": 5000}, timeout=60)
+    assert r.status_code == 200
+    time.sleep(20)
+    assert requests.delete(f"{server.url}/train/", timeout=60).status_code == 200
+    assert wait_for_task(server, "train")["status"] == "STOPPED"
+    assert hashlib.sha256(served.read_bytes()).hexdigest() == digest
+    assert one_click_dice(server, HELD_OUT, 900) > 0.5
+
+
+def test_scoring_then_next_sample_hands_over_the_least_confident_image(learning_server):
+    server = learning_server
+    r = requests.post(f"{server.url}/scoring/medsam2_confidence", timeout=60)
+    assert r.status_code == 200, r.text
+    assert wait_for_task(server, "scoring", timeout=600)["status"] == "DONE"
+    scores = {}
+    for image_id in ("phantom_900", "phantom_901", "phantom_902"):
+        info = requests.get(f"{server.url}/datastore/image/info", params={"image": image_id}, timeout=30).json()
+        scores[image_id] = info["medsam2_confidence"]
+    assert all(0.0 <= s <= 1.0 for s in scores.values())
+    r = requests.post(f"{server.url}/activelearning/least_confident", timeout=60)
+    assert r.status_code == 200 and r.json()["id"] == min(scores, key=scores.get)
+    assert requests.post(f"{server.url}/activelearning/random", timeout=60).json()["id"] in scores

@@ -285,7 +285,8 @@ def worker_engine(job: dict) -> dict:
 
     device = job["device"]
     model = build_model(ModelSpec(job["config"], job["image_size"], Path(job["checkpoint"])), device=device)
-    seg = Segmenter(model, encode_batch_size=job["encode_batch_size"], intensity=job["intensity"])
+    seg = Segmenter(model, encode_batch_size=job["encode_batch_size"], intensity=job["intensity"],
+                    precision=job.get("precision", "auto"), stop_after_empty=job.get("stop_after_empty", 0))
     volume = np.load(job["volume"])
     I, J, K = volume.shape
     fg, bg = job["click"], job["background_click"]
@@ -525,6 +526,8 @@ def main(argv=None) -> int:
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
     p.add_argument("--intensity", default="auto", help="intensity rule for the engine and the stock JPEGs")
     p.add_argument("--encode-batch-size", type=int, default=8)
+    p.add_argument("--precision", default="auto", help="engine: auto (bf16 on CUDA), bf16 (also on CPU) or fp32")
+    p.add_argument("--stop-after-empty", type=int, default=0, help="engine: stop a direction after N empty slices")
     p.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's); on a "
                    "small shared CPU use 1: oversubscribed torch threads make timings slow and erratic")
     p.add_argument("--breakdown", action="store_true", help="time the engine's model parts in one more segment()")
@@ -567,6 +570,7 @@ def main(argv=None) -> int:
         "config": args.config, "image_size": args.image_size, "checkpoint": str(ckpt), "device": device,
         "volume": str(workdir / "volume.npy"), "click": fg, "background_click": bg, "workdir": str(workdir),
         "intensity": args.intensity, "encode_batch_size": args.encode_batch_size, "threads": args.threads,
+        "precision": args.precision, "stop_after_empty": args.stop_after_empty,
         "breakdown": args.breakdown,
     }
     job_path = workdir / "job.json"

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model-dir", type=Path, default=MODEL_DIR)
     r.add_argument("--policy", nargs="+", default=["fifo"], help="memory policies to compare (default: fifo)")
     r.add_argument("--protocol", default="click", help="first prompt: click or box; 'click+3' adds 3 corrections")
+    r.add_argument("--key-slice", default="largest", choices=["largest", "end"],
+                   help="prompt the largest slice, or one near the structure's end (long-range propagation)")
     r.add_argument("--corrections", type=int, default=None, help="corrective clicks after the first prompt")
     r.add_argument("--box-jitter", type=float, default=0.0, help="random box error, fraction of its size (seeded)")
     r.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm")
@@ -64,7 +66,7 @@ def run(args) -> int:
     from .propagation import Segmenter, pick_device
 
     try:
-        protocol = Protocol.parse(args.protocol, args.corrections, args.box_jitter)
+        protocol = Protocol.parse(args.protocol, args.corrections, args.box_jitter, args.key_slice)
     except ValueError as e:
         return _fail(str(e))
     unknown = [p for p in args.policy if p not in memory_policies()]
@@ -85,8 +87,8 @@ def run(args) -> int:
         "data": str(args.data), "cases": [c.id for c in cases], "checkpoint": str(spec.checkpoint or "random"),
         "model_config": spec.model_config, "image_size": int(segmenter.model.image_size), "device": str(device),
         "policies": settings.policies, "protocol": protocol.name, "corrections": protocol.corrections,
-        "box_jitter": protocol.box_jitter, "tolerance_mm": args.tolerance_mm, "seed": args.seed,
-        "intensity": args.intensity, "structures": structures, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "box_jitter": protocol.box_jitter, "key_slice": protocol.key_slice, "tolerance_mm": args.tolerance_mm,
+        "seed": args.seed, "intensity": args.intensity, "structures": structures, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     t0 = time.perf_counter()
     records = evaluate_cases(segmenter, cases, settings, progress=not args.no_progress)

@@ -27,12 +27,12 @@ class ModelProvider:
     settings (`finetuned_path`) when there is one, else from the configured checkpoint."""
 
     def __init__(self, checkpoint: str | None, model_config: str | None, image_size: int | None,
-                 model_dir: Path, device: str | None = None, encode_batch_size: int = 8, intensity=None):
+                 model_dir: Path, device: str | None = None, intensity=None, **segmenter_options):
         self.settings = (checkpoint, model_config, image_size)
         self.model_dir = Path(model_dir)
         self.device = pick_device(device)
-        self.encode_batch_size = encode_batch_size
         self.intensity = intensity
+        self.segmenter_options = segmenter_options  # see Segmenter: encode_batch_size, precision, ...
         self._lock = threading.Lock()
         self._base: ModelSpec | None = None
         self._segmenter: Segmenter | None = None
@@ -72,7 +72,7 @@ class ModelProvider:
             if self._segmenter is None or version != self._version:
                 t0 = time.perf_counter()
                 model = build_model(spec, device=self.device)
-                self._segmenter = Segmenter(model, self.encode_batch_size, self.intensity)
+                self._segmenter = Segmenter(model, intensity=self.intensity, **self.segmenter_options)
                 self._version, self.spec = version, spec
                 logger.info("loaded %s (%s) on %s in %.1fs", spec.checkpoint or "random weights",
                             spec.model_config, self.device, time.perf_counter() - t0)
@@ -91,7 +91,8 @@ class InteractiveSegmenter:
 
         def opener():
             volume, header = load()
-            session = segmenter.open(volume, intensity)
+            # a GPU encodes every slice up front in batches; a CPU encodes each slice when first needed
+            session = segmenter.open(volume, intensity, encode=segmenter.device.type == "cuda")
             session.header = header
             return session
 

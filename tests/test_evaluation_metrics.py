@@ -165,3 +165,14 @@ def test_the_engine_run_is_deterministic(random_checkpoint):
     drop = ("seconds", "encode_s")
     a, b = ([{k: v for k, v in r.items() if k not in drop} for r in run] for run in runs)
     assert a == b and len(a) >= 1 and a[0]["kind"] == "click"
+
+
+def test_the_end_key_slice_is_near_the_first_slice_of_the_structure():
+    from medsam2.evaluation.protocols import key_slice
+
+    truth = np.zeros((8, 8, 40), bool)
+    truth[2:6, 2:6, 5:35] = True
+    truth[1:7, 1:7, 30] = True  # largest slice, far from the start
+    assert key_slice(truth, "largest") == 30
+    k = key_slice(truth, "end")
+    assert 5 <= k <= 8

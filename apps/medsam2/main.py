@@ -17,7 +17,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import http_errors
+from lib import dicomweb, http_errors
 from lib.image_ids import check_image_id
 from lib.configs import MedSam2Config
 
@@ -39,6 +39,13 @@ class MedSam2App(MONAILabelApp):
             description="Interactive 3D segmentation with Medical SAM 2",
             version="0.1.0",
         )
+
+    def init_remote_datastore(self):
+        return dicomweb.with_seg_writer(super().init_remote_datastore(), self.app_dir)
+
+    def _download_dcmqi_tools(self):
+        # MONAI Label would download dcmqi from GitHub here (no internet: no server); see lib/dicomweb.py
+        pass
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}

@@ -1,6 +1,7 @@
 """The simulated clinician: where the first box or click goes, and where each correction goes.
 
-A protocol is one first prompt on the slice where the structure is largest, either
+A protocol is one first prompt on the slice where the structure is largest (or, with key_slice "end",
+its largest slice within the first 10 % of its extent: long-range propagation), either
   box    its bounding box there (optionally jittered by `box_jitter`, a fraction of the box size), or
   click  one foreground click at the interior point farthest from the border there,
 then up to `corrections` corrective clicks, each in the largest error region of the worst slice
@@ -28,26 +29,33 @@ from ..prompts import ObjectPrompt
 FIRST_PROMPTS = ("box", "click")
 
 
+KEY_SLICES = ("largest", "end")
+
+
 @dataclass(frozen=True)
 class Protocol:
     first: str = "click"
     corrections: int = 0
     box_jitter: float = 0.0
+    key_slice: str = "largest"  # "end": near the structure's first slice, for long-range propagation
 
     def __post_init__(self):
         if self.first not in FIRST_PROMPTS:
             raise ValueError(f"unknown first prompt {self.first!r}: use one of {FIRST_PROMPTS}")
+        if self.key_slice not in KEY_SLICES:
+            raise ValueError(f"unknown key slice {self.key_slice!r}: use one of {KEY_SLICES}")
         if self.corrections < 0:
             raise ValueError("corrections must be >= 0")
 
     @classmethod
-    def parse(cls, spec: str, corrections: int | None = None, box_jitter: float = 0.0) -> "Protocol":
+    def parse(cls, spec: str, corrections: int | None = None, box_jitter: float = 0.0,
+              key_slice: str = "largest") -> "Protocol":
         """"click", "box", or with corrections "click+3" (an explicit `corrections` wins)."""
         m = re.fullmatch(r"\s*(box|click)\s*(?:\+\s*(\d+))?\s*", str(spec).lower())
         if not m:
             raise ValueError(f"unknown protocol {spec!r}: use box, click, box+N or click+N")
         n = corrections if corrections is not None else int(m.group(2) or 0)
-        return cls(m.group(1), int(n), float(box_jitter))
+        return cls(m.group(1), int(n), float(box_jitter), key_slice)
 
     @property
     def name(self) -> str:
@@ -73,9 +81,23 @@ class Interaction:
                 "box": list(self.box) if self.box is not None else None}
 
 
+def key_slice(truth: np.ndarray, where: str = "largest") -> int | None:
+    """The prompted slice: where the structure is largest, or ("end") its largest slice within the
+    first 10 % of its extent, so that propagation has to cover almost the whole structure one way."""
+    if where == "largest":
+        return largest_slice(truth)
+    areas = truth.reshape(-1, truth.shape[-1]).sum(axis=0)
+    ks = np.nonzero(areas)[0]
+    if ks.size == 0:
+        return None
+    last = ks[0] + int(round(0.1 * (ks[-1] - ks[0])))
+    near = ks[ks <= last]
+    return int(near[np.argmax(areas[near])])
+
+
 def first_interaction(protocol: Protocol, truth: np.ndarray, rng: np.random.Generator) -> Interaction:
-    """The first prompt on the slice with the largest area of the (I, J, K) truth."""
-    k = largest_slice(truth)
+    """The first prompt on the key slice of the (I, J, K) truth (see key_slice)."""
+    k = key_slice(truth, protocol.key_slice)
     if k is None:
         raise ValueError("the structure is empty: nothing to prompt")
     frame = truth[:, :, k].T  # frame rows are J, columns I (frames.py)

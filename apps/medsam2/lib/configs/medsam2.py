@@ -10,7 +10,9 @@
 --conf device          cuda | cpu | auto                                     [auto]
 --conf cache_mb        memory budget of cached encoder features              [4096]
 --conf cache_entries   most images kept open at once                         [8]
---conf encode_batch    slices per image-encoder batch                        [8]
+--conf encode_batch    slices per image-encoder batch                        [8 on GPU, 1 on CPU]
+--conf precision       auto (bf16 on CUDA) | bf16 (also on CPU) | fp32        [auto]
+--conf stop_after_empty stop a direction after N empty slices (0 = never)    [0]
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class MedSam2Config(TaskConfig):
             image_size=int(image_size) if image_size else None,
             model_dir=model_dir,
             device=conf.get("device", "auto"),
-            encode_batch_size=int(conf.get("encode_batch", 8)),
+            encode_batch_size=int(conf["encode_batch"]) if conf.get("encode_batch") else None,
+            precision=conf.get("precision", "auto"),
+            stop_after_empty=int(conf.get("stop_after_empty", 0)),
         )
         self.cache = SessionCache(max_bytes=int(conf.get("cache_mb", 4096)) << 20,
                                   max_entries=int(conf.get("cache_entries", 8)))

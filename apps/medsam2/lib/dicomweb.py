@@ -1,0 +1,131 @@
+"""DICOMweb (Orthanc, dcm4chee, a cloud PACS): saving labels as DICOM-SEG without dcmqi.
+
+MONAI Label 0.8.5 writes DICOM-SEG with dcmqi's `itkimage2segimage`, which it downloads from GitHub
+while the app starts on a DICOMweb URL: without internet access the server does not start at all, and
+neither Debian nor PyPI ships the tool. Here nothing is downloaded at startup. A saved label is
+written as DICOM-SEG by dcmqi when `itkimage2segimage` is installed (on PATH or in
+`apps/medsam2/bin/`), otherwise by pydicom-seg, MONAI Label's own alternative writer
+(`nifti_to_dicom_seg(..., use_itk=False)`, installed with monailabel). pydicom-seg gives the SEG a
+new Frame of Reference UID; it is set back to the image series' own, since the SEG lies on its grid.
+Label values are renumbered 1..n in order before writing, as DICOM-SEG segment numbers must be.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Dict
+
+import numpy as np
+import pydicom
+import SimpleITK
+from fastapi import HTTPException
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.utils.convert import binary_to_image, nifti_to_dicom_seg
+from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+logger = logging.getLogger(__name__)
+
+DCMQI_TOOL = "itkimage2segimage"
+
+
+def dcmqi_available(app_dir: str) -> bool:
+    return bool(shutil.which(DCMQI_TOOL)) or os.path.isfile(os.path.join(app_dir, "bin", DCMQI_TOOL))
+
+
+def consecutive_values(label_file: str) -> str:
+    """`label_file`, or a copy whose nonzero values are 1, 2, ... n in the same order (DICOM-SEG segment
+    numbers must start at 1 and go up by one; a label of organ=1 and lesion=3 would break that)."""
+    image = SimpleITK.ReadImage(label_file)
+    array = SimpleITK.GetArrayFromImage(image)
+    values = [int(v) for v in np.unique(array) if v != 0]
+    if values == list(range(1, len(values) + 1)):
+        return label_file
+    lut = np.zeros(max(values) + 1, dtype=np.uint16)
+    lut[values] = np.arange(1, len(values) + 1)
+    out = SimpleITK.GetImageFromArray(lut[array.astype(np.int64).clip(0, max(values))])
+    out.CopyInformation(image)
+    path = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
+    SimpleITK.WriteImage(out, path, True)
+    return path
+
+
+def write_dicom_seg(series_dir: str, label_file: str, label_info, use_dcmqi: bool) -> str:
+    """The label as a DICOM-SEG file referencing the series in `series_dir`; "" if the label is empty.
+
+    `label_info` is the clients' list of segments, the i-th describing the i-th smallest label value
+    (MONAI Label's convention): its `name` becomes the SegmentLabel."""
+    if use_dcmqi:
+        return nifti_to_dicom_seg(series_dir, label_file, label_info, use_itk=True)
+    consecutive = consecutive_values(label_file)
+    try:
+        seg_file = nifti_to_dicom_seg(series_dir, consecutive, label_info, use_itk=False)
+    finally:
+        if consecutive != label_file:
+            os.unlink(consecutive)
+    if seg_file:
+        seg = pydicom.dcmread(seg_file)
+        source = pydicom.dcmread(next(p for p in sorted(pathlib.Path(series_dir).iterdir()) if p.is_file()),
+                                 stop_before_pixels=True)
+        for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
+            if keyword in source:
+                setattr(seg, keyword, source[keyword].value)
+        seg.save_as(seg_file)
+    return seg_file
+
+
+class SegDICOMWebDatastore(DICOMWebDatastore):
+    """MONAI Label's DICOMweb datastore; only the DICOM-SEG writer of `save_label` differs."""
+
+    use_dcmqi = False
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
+                   label_id: str = "") -> str:
+        logger.info(f"Save label for {image_id}: {label_filename} ({label_tag}) {label_info}")
+        image_uri = self.get_image_uri(image_id)
+        output_file = ""
+        if "".join(pathlib.Path(label_filename).suffixes) == ".bin":  # OHIF's raw label buffer
+            output_file = label_filename = binary_to_image(image_uri, label_filename)
+        try:
+            if label_tag == DefaultLabelTag.FINAL:
+                image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+                seg_file = write_dicom_seg(image_dir, label_filename, label_info.get("label_info"), self.use_dcmqi)
+                if not seg_file:
+                    raise HTTPException(status_code=422, detail="the label is empty: there is no segment to "
+                                                                "store as DICOM-SEG")
+                try:
+                    label_series_id = dicom_web_upload_dcm(seg_file, self._client)
+                finally:
+                    os.unlink(seg_file)
+                if not label_series_id:
+                    raise HTTPException(status_code=502, detail="the DICOMweb server did not confirm storing "
+                                                                "the DICOM-SEG")
+                image_info = self.get_image_info(image_id)
+                label_info.update({
+                    "SeriesInstanceUID": label_series_id,
+                    "Modality": image_info.get("Modality"),
+                    "PatientID": image_info.get("PatientID"),
+                    "StudyInstanceUID": image_info.get("StudyInstanceUID"),
+                })
+                if image_id not in self._datastore.objects:
+                    # MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI=false: the series is only a folder of DICOM files,
+                    # unknown to the local cache, which MONAI Label would answer with a 500 after storing the SEG
+                    return image_id
+            # the local copy MONAI Label keeps in its cache, as upstream does
+            return super(DICOMWebDatastore, self).save_label(image_id, label_filename, label_tag, label_info)
+        finally:
+            if output_file and os.path.exists(output_file):
+                os.unlink(output_file)
+
+
+def with_seg_writer(datastore, app_dir: str):
+    """MONAI Label's DICOMweb datastore, built by MONAI Label from its settings, with the writer above."""
+    if isinstance(datastore, DICOMWebDatastore):
+        datastore.__class__ = SegDICOMWebDatastore
+        datastore.use_dcmqi = dcmqi_available(app_dir)
+        logger.info("DICOM-SEG writer: %s", "dcmqi (itkimage2segimage)" if datastore.use_dcmqi else "pydicom-seg")
+    return datastore

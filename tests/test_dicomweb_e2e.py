@@ -1,0 +1,507 @@
+"""End to end against a real PACS: Orthanc with its DICOMweb plugin, the real MONAI Label server on it.
+
+A CT series written with pydicom is stored in Orthanc; the app is started with
+`--studies http://127.0.0.1:<port>/dicom-web`; a click is sent the way OHIF v3 sends it (the image id is
+the SeriesInstanceUID); the result is saved the way the OHIF plugin saves a label (`PUT /datastore/label`
+with the raw label buffer `label.bin` and `label_info`), and the DICOM-SEG that lands in Orthanc is read
+back: its references, geometry and every frame against the mask that was saved. Random weights: this
+checks plumbing, not accuracy.
+
+Orthanc comes from Debian (`apt-get install orthanc orthanc-dicomweb`, done here when missing and running
+as root; otherwise the module is skipped). Orthanc 1.10 has no setting for the address it binds (only
+`HttpPort`; `RemoteAccessAllowed: false` refuses remote clients but still listens on every interface),
+so it runs with a tiny LD_PRELOAD shim, compiled here, that turns its bind to 0.0.0.0 into 127.0.0.1;
+the first test checks that from /proc. dciodvfy (Debian's dicom3tools) validates the CT and the SEG
+against the DICOM standard when it can be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nrrd
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from conftest import free_port, start_server, stop_server
+from medsam2.clicks import interior_point, largest_slice
+from medsam2.phantoms import make_phantom
+
+pytestmark = pytest.mark.e2e
+
+SHAPE = (64, 56, 32)  # (I, J, K) = (Columns, Rows, slices): not square, so a transposition shows
+SPACING = (0.8, 0.9, 2.5)  # column step (x), row step (y), slice step (z), mm
+ORIGIN = (-40.0, -30.0, -100.0)  # ImagePositionPatient of the first slice (LPS, mm)
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+BIND_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+/* bind(2) to the wildcard address becomes bind to loopback (IPv4 and IPv6); anything else unchanged */
+typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+    static bind_fn real;
+    if (!real) real = (bind_fn)dlsym(RTLD_NEXT, "bind");
+    if (addr && addr->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        struct sockaddr_in a;
+        memcpy(&a, addr, sizeof a);
+        if (a.sin_addr.s_addr == htonl(INADDR_ANY)) {
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            return real(fd, (const struct sockaddr *)&a, sizeof a);
+        }
+    }
+    if (addr && addr->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 a;
+        memcpy(&a, addr, sizeof a);
+        if (IN6_IS_ADDR_UNSPECIFIED(&a.sin6_addr)) {
+            a.sin6_addr = in6addr_loopback;
+            return real(fd, (const struct sockaddr *)&a, sizeof a);
+        }
+    }
+    return real(fd, addr, len);
+}
+"""
+
+
+# --------------------------------------------------------------------------------------------- Orthanc
+
+
+def _dicomweb_plugin() -> str | None:
+    r = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True)
+    libs = [p for p in r.stdout.split() if "DicomWeb" in os.path.basename(p) and ".so" in p and os.path.isfile(p)]
+    return min(libs, key=len) if libs else None  # the plugins/ link, else the versioned library
+
+
+def _apt_install(*packages: str) -> subprocess.CompletedProcess:
+    """apt-get install with service starts refused (Debian's policy-rc.d), so the package's own Orthanc
+    service (port 8042 on every interface) is never started by this test."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    made = not policy.exists()
+    if made:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        return subprocess.run(f"apt-get update -qq && apt-get install -y -qq {' '.join(packages)}", shell=True,
+                              capture_output=True, text=True, env=APT_ENV, timeout=1200)
+    finally:
+        if made:
+            policy.unlink()
+
+
+@pytest.fixture(scope="session")
+def orthanc_install() -> dict:
+    if not (shutil.which("Orthanc") and _dicomweb_plugin()):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("Orthanc with its DICOMweb plugin is not installed and cannot be installed here "
+                        "(needs root and apt-get: apt-get install orthanc orthanc-dicomweb)")
+        r = _apt_install("orthanc", "orthanc-dicomweb")
+        if r.returncode != 0 or not (shutil.which("Orthanc") and _dicomweb_plugin()):
+            pytest.skip(f"apt-get install orthanc orthanc-dicomweb failed: {(r.stderr or r.stdout)[-800:]}")
+    if not shutil.which("dciodvfy") and os.geteuid() == 0 and shutil.which("apt-get"):
+        _apt_install("dicom3tools")  # optional: the DICOM validator
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        pytest.skip("no C compiler for the loopback bind shim (Orthanc 1.10 cannot be told to bind 127.0.0.1)")
+    return {"orthanc": shutil.which("Orthanc"), "plugin": _dicomweb_plugin(), "cc": compiler}
+
+
+@dataclass
+class Orthanc:
+    url: str
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+
+def _listening_sockets(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket the process listens on, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        path = Path(f"/proc/{pid}/net/{table}")
+        for line in path.read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            if width == 8:
+                address = ".".join(str(b) for b in raw[::-1])
+            else:  # four little-endian 32-bit words
+                address = ":".join(raw[i:i + 4][::-1].hex() for i in range(0, 16, 4))
+            found.append((address, int(hex_port, 16)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def orthanc(orthanc_install, tmp_path_factory) -> Orthanc:
+    folder = tmp_path_factory.mktemp("orthanc")
+    shim_c, shim = folder / "bind_loopback.c", folder / "bind_loopback.so"
+    shim_c.write_text(BIND_SHIM)
+    subprocess.run([orthanc_install["cc"], "-shared", "-fPIC", "-O2", "-o", str(shim), str(shim_c), "-ldl"],
+                   check=True, capture_output=True)
+    port = free_port()
+    config = {
+        "Name": "medsam2-test",
+        "HttpPort": port,
+        "HttpServerEnabled": True,
+        "DicomServerEnabled": False,
+        "DicomPort": free_port(),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "Plugins": [orthanc_install["plugin"]],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+        "OrthancExplorerEnabled": False,
+        "WebDavEnabled": False,
+        "HttpThreadsCount": 8,
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
+    log = folder / "orthanc.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([orthanc_install["orthanc"], str(folder / "orthanc.json")], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "LD_PRELOAD": str(shim)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"Orthanc exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/system", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"Orthanc did not answer within 60 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield Orthanc(url, proc, port, log)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------------------- the CT series
+
+
+@dataclass
+class Series:
+    study: str
+    series: str
+    frame_of_reference: str
+    patient_id: str
+    sop_uids: list[str]  # by slice index k
+    files: list[Path]
+    truth: np.ndarray  # phantom label (I, J, K)
+
+
+def write_ct_series(folder: Path, seed: int = 700) -> Series:
+    """A CT series as a scanner writes it: one file per slice, 16-bit stored values, HU by rescale."""
+    phantom = make_phantom(SHAPE, seed=seed, spacing=SPACING)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    sop_uids, files = [], []
+    for k in range(SHAPE[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^DICOMweb", "MEDSAM2-DW", "", "O"
+        ds.StudyInstanceUID, ds.StudyID, ds.AccessionNumber = study, "1", ""
+        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "20240101", "120000", ""
+        ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series, 1
+        ds.PatientPosition, ds.BodyPartExamined, ds.Manufacturer = "HFS", "ABDOMEN", "medsam2-tests"
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
+        ds.InstanceNumber, ds.AcquisitionNumber, ds.KVP = k + 1, 1, 120
+        ds.ImagePositionPatient = [ORIGIN[0], ORIGIN[1], ORIGIN[2] + k * SPACING[2]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [SPACING[1], SPACING[0]]  # row spacing (y), column spacing (x)
+        ds.SliceThickness = SPACING[2]
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = SHAPE[1], SHAPE[0]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        stored = np.clip(np.round(phantom.image[:, :, k].T + 1024), 0, 65535).astype(np.uint16)  # (rows, cols)
+        ds.PixelData = stored.tobytes()
+        path = folder / f"CT{k + 1:03d}.dcm"
+        ds.save_as(path, write_like_original=False)
+        sop_uids.append(sop)
+        files.append(path)
+    return Series(study, series, frame_of_reference, "MEDSAM2-DW", sop_uids, files, phantom.label)
+
+
+@pytest.fixture(scope="module")
+def ct(orthanc, tmp_path_factory) -> Series:
+    series = write_ct_series(tmp_path_factory.mktemp("ct"))
+    for path in series.files:
+        r = requests.post(f"{orthanc.url}/instances", data=path.read_bytes(), timeout=30)
+        assert r.status_code == 200, r.text
+    return series
+
+
+def seg_series(orthanc: Orthanc, study: str) -> set[str]:
+    r = requests.get(f"{orthanc.dicomweb}/studies/{study}/series", params={"Modality": "SEG"}, timeout=30)
+    assert r.status_code in (200, 204), r.text
+    return {item["0020000E"]["Value"][0] for item in (r.json() if r.status_code == 200 else [])}
+
+
+def fetch_seg(orthanc: Orthanc, study: str, series: str, folder: Path) -> tuple[pydicom.Dataset, Path]:
+    """The one instance of a SEG series, by WADO-RS as any DICOMweb client would get it."""
+    from dicomweb_client import DICOMwebClient
+
+    instances = DICOMwebClient(orthanc.dicomweb).retrieve_series(study, series)
+    assert len(instances) == 1
+    path = folder / f"{series}.dcm"
+    instances[0].save_as(path, write_like_original=False)
+    return pydicom.dcmread(path), path
+
+
+def validate(path: Path) -> None:
+    """No errors from dciodvfy (dicom3tools), the standard's IOD checker; skip if it is not installed."""
+    if not shutil.which("dciodvfy"):
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True).stderr
+    errors = [line for line in out.splitlines() if line.startswith("Error")]
+    assert not errors, out
+
+
+def seg_masks(seg: pydicom.Dataset, ct: Series) -> dict[str, np.ndarray]:
+    """Each segment of a SEG as an (I, J, K) mask on the CT grid, placed by each frame's own references."""
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    masks = {name: np.zeros(SHAPE, dtype=bool) for name in names.values()}
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        k = ct.sop_uids.index(source)
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, [ORIGIN[0], ORIGIN[1], ORIGIN[2] + k * SPACING[2]], atol=1e-3)
+        masks[names[number]][:, :, k] = frame.T.astype(bool)
+    return masks
+
+
+# ------------------------------------------------------------------------------------------ the server
+
+
+def app_conf(random_checkpoint, tmp_path_factory) -> dict:
+    return {"checkpoint": random_checkpoint, "model_config": "sam2.1_hiera_micro",
+            "model_dir": tmp_path_factory.mktemp("dicomweb_model")}
+
+
+def app_env(tmp_path_factory, **extra) -> dict:
+    return {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp_path_factory.mktemp("dicomweb_cache")),
+            "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",  # no background scoring run competing for the CPU
+            **extra}
+
+
+@pytest.fixture(scope="module")
+def app(orthanc, ct, random_checkpoint, tmp_path_factory):
+    log = tmp_path_factory.mktemp("dicomweb_logs") / "server.log"
+    server = start_server(orthanc.dicomweb, app_conf(random_checkpoint, tmp_path_factory), log,
+                          app_env(tmp_path_factory))
+    yield server
+    stop_server(server.proc)
+
+
+def ohif_click(ct: Series) -> tuple[list[int], dict]:
+    """OHIF v3's PointPrompts body: one foreground click inside the organ on the middle slice."""
+    k = SHAPE[2] // 2
+    x, y = interior_point(ct.truth[:, :, k].T == 1)
+    params = {"foreground": [[x, y, k]], "background": [], "result_extension": ".nrrd", "result_dtype": "uint8",
+              "result_compress": False, "restore_label_idx": False}
+    return [x, y, k], params
+
+
+def assert_series_geometry(header) -> None:
+    """NRRD space is LPS, as DICOM's patient coordinates: the label must sit exactly on the CT grid."""
+    np.testing.assert_allclose(np.asarray(header["space directions"], float), np.diag(SPACING), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(header["space origin"], float), ORIGIN, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def ohif_result(app, ct, tmp_path_factory) -> np.ndarray:
+    _, params = ohif_click(ct)
+    r = app.post_infer(ct.series, params)
+    assert r.status_code == 200, r.text
+    path = tmp_path_factory.mktemp("dicomweb_results") / "ohif.nrrd"
+    path.write_bytes(r.content)
+    label, header = nrrd.read(str(path))
+    assert_series_geometry(header)
+    return label
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_orthanc_listens_on_loopback_only(orthanc):
+    sockets = _listening_sockets(orthanc.proc.pid)
+    assert (("127.0.0.1", orthanc.port) in sockets), sockets
+    loopback = {"127.0.0.1", "0000:0000:0000:0000:0000:0000:0000:0001"}
+    assert all(address in loopback for address, _ in sockets), sockets
+
+
+def test_the_ct_series_is_valid_dicom(ct):
+    validate(ct.files[0])
+
+
+def test_the_app_lists_the_series_and_refuses_unknown_uids(app, ct):
+    stats = requests.get(f"{app.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+    assert stats["total"] == 1
+    _, params = ohif_click(ct)
+    r = app.post_infer(ct.series + ".9", params)
+    assert r.status_code == 404, r.text
+
+
+def test_ohif_click_on_the_series_gives_a_label_on_the_ct_grid(ohif_result, ct):
+    label = ohif_result
+    assert label.shape == SHAPE and label.dtype == np.uint8
+    assert set(np.unique(label)) == {0, 1}, "random weights found nothing: a SEG needs a non-empty mask"
+    k = ohif_click(ct)[0][2]
+    assert label[:, :, k].any()
+
+
+def test_ohif_save_label_stores_a_dicom_seg_in_orthanc(app, orthanc, ct, ohif_result, tmp_path):
+    before = seg_series(orthanc, ct.study)
+    # the OHIF plugin's save_label: the labelmap's raw buffer as label.bin, the segments as label_info
+    label_info = [{"id": "0+1", "labelmapIndex": 0, "segmentIndex": 1, "color": [0, 151, 206, 255],
+                   "meta": {"SegmentNumber": 1, "SegmentLabel": "organ"}, "name": "organ",
+                   "description": "organ"}]
+    buffer = ohif_result.astype(np.uint8).tobytes(order="F")  # i fastest, then j, then slices
+    r = requests.put(f"{app.url}/datastore/label", params={"image": ct.series},
+                     files={"params": (None, json.dumps({"label_info": label_info})),
+                            "label": ("label.bin", buffer, "application/octet-stream")}, timeout=120)
+    assert r.status_code == 200, r.text
+    new = seg_series(orthanc, ct.study) - before
+    assert len(new) == 1, new
+    seg, path = fetch_seg(orthanc, ct.study, new.pop(), tmp_path)
+
+    assert seg.SOPClassUID == SEGMENTATION_STORAGE and seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == ct.study and seg.PatientID == ct.patient_id
+    assert seg.FrameOfReferenceUID == ct.frame_of_reference
+    assert [(int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence] == [(1, "organ")]
+    referenced = seg.ReferencedSeriesSequence
+    assert len(referenced) == 1 and referenced[0].SeriesInstanceUID == ct.series
+    assert sorted(i.ReferencedSOPInstanceUID for i in referenced[0].ReferencedInstanceSequence) == sorted(ct.sop_uids)
+    assert (seg.Rows, seg.Columns, int(seg.NumberOfFrames)) == (SHAPE[1], SHAPE[0], SHAPE[2])
+    np.testing.assert_allclose([float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+                                .PixelSpacing], [SPACING[1], SPACING[0]], atol=1e-6)
+
+    masks = seg_masks(seg, ct)
+    np.testing.assert_array_equal(masks["organ"], ohif_result == 1)
+    validate(path)
+
+    # and as MONAI Label reads a SEG back (for training on it)
+    import SimpleITK as sitk
+    from monailabel.datastore.utils.convert import dicom_seg_to_itk_image
+
+    image = sitk.ReadImage(dicom_seg_to_itk_image(str(path)))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), ohif_result)
+    np.testing.assert_allclose(image.GetOrigin(), ORIGIN, atol=1e-3)
+    np.testing.assert_allclose(image.GetSpacing(), SPACING, atol=1e-4)
+
+
+def test_slicer_style_nrrd_with_two_structures_is_stored_with_consecutive_segments(app, orthanc, ct, tmp_path):
+    objects = []
+    for name, value in (("organ", 1), ("lesion", 3)):
+        mask = ct.truth == value
+        k = largest_slice(mask)
+        x, y = interior_point(mask[:, :, k].T)
+        objects.append({"label": name, "foreground": [[x, y, k]]})
+    r = app.post_infer(ct.series, {"objects": objects, "result_extension": ".nrrd", "result_dtype": "uint8"})
+    assert r.status_code == 200, r.text
+    (tmp_path / "two.nrrd").write_bytes(r.content)
+    label, header = nrrd.read(str(tmp_path / "two.nrrd"))
+    assert_series_geometry(header)
+    assert set(np.unique(label)) == {0, 1, 3}, "random weights found nothing for one of the structures"
+
+    before = seg_series(orthanc, ct.study)
+    # Slicer's save_label: the label file itself, label_info [{name, idx}] in segment order
+    label_info = [{"name": "organ", "idx": 1}, {"name": "lesion", "idx": 2}]
+    r = requests.put(f"{app.url}/datastore/label", params={"image": ct.series},
+                     files={"params": (None, json.dumps({"label_info": label_info, "client_id": "user-xyz"})),
+                            "label": ("label.nrrd", r.content)}, timeout=120)
+    assert r.status_code == 200, r.text
+    new = seg_series(orthanc, ct.study) - before
+    assert len(new) == 1, new
+    seg, path = fetch_seg(orthanc, ct.study, new.pop(), tmp_path)
+    # segment numbers must run 1, 2, ... (label value 3 becomes segment 2, still named "lesion")
+    assert [(int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence] == [(1, "organ"), (2, "lesion")]
+    assert int(seg.NumberOfFrames) == 2 * SHAPE[2]
+    masks = seg_masks(seg, ct)
+    np.testing.assert_array_equal(masks["organ"], label == 1)
+    np.testing.assert_array_equal(masks["lesion"], label == 3)
+    validate(path)
+
+
+def test_an_empty_label_is_refused_with_a_reason(app, orthanc, ct):
+    before = seg_series(orthanc, ct.study)
+    empty = np.zeros(SHAPE, np.uint8).tobytes(order="F")
+    r = requests.put(f"{app.url}/datastore/label", params={"image": ct.series},
+                     files={"params": (None, json.dumps({"label_info": []})),
+                            "label": ("label.bin", empty, "application/octet-stream")}, timeout=120)
+    assert r.status_code == 422 and "empty" in r.text
+    assert seg_series(orthanc, ct.study) == before
+
+
+def test_series_kept_as_a_dicom_folder_gives_the_same_label_and_saves(orthanc, ct, ohif_result, random_checkpoint,
+                                                                        tmp_path_factory, tmp_path):
+    """MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI=false: the infer task reads the downloaded folder of DICOM files."""
+    log = tmp_path_factory.mktemp("dicomweb_folder_logs") / "server.log"
+    server = start_server(orthanc.dicomweb, app_conf(random_checkpoint, tmp_path_factory), log,
+                          app_env(tmp_path_factory, MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI="false"))
+    try:
+        _, params = ohif_click(ct)
+        r = server.post_infer(ct.series, params)
+        assert r.status_code == 200, r.text
+        (tmp_path / "folder.nrrd").write_bytes(r.content)
+        label, header = nrrd.read(str(tmp_path / "folder.nrrd"))
+        assert_series_geometry(header)
+        np.testing.assert_array_equal(label, ohif_result)
+
+        before = seg_series(orthanc, ct.study)
+        r = requests.put(f"{server.url}/datastore/label", params={"image": ct.series},
+                         files={"params": (None, json.dumps({"label_info": [{"name": "organ"}]})),
+                                "label": ("label.nrrd", r.content)}, timeout=120)
+        assert r.status_code == 200, r.text
+        new = seg_series(orthanc, ct.study) - before
+        assert len(new) == 1
+        seg, _ = fetch_seg(orthanc, ct.study, new.pop(), tmp_path)
+        np.testing.assert_array_equal(seg_masks(seg, ct)["organ"], label == 1)
+    finally:
+        stop_server(server.proc)

@@ -266,13 +266,17 @@ def write_ct_series(folder: Path, seed: int = 700) -> Series:
     return Series(study, series, frame_of_reference, "MEDSAM2-DW", sop_uids, files, phantom.label)
 
 
-@pytest.fixture(scope="module")
-def ct(orthanc, tmp_path_factory) -> Series:
-    series = write_ct_series(tmp_path_factory.mktemp("ct"))
+def store(orthanc: Orthanc, series: Series) -> Series:
+    """Upload every file with Orthanc's REST API (POST /instances), as `curl --data-binary @file` does."""
     for path in series.files:
         r = requests.post(f"{orthanc.url}/instances", data=path.read_bytes(), timeout=30)
         assert r.status_code == 200, r.text
     return series
+
+
+@pytest.fixture(scope="module")
+def ct(orthanc, tmp_path_factory) -> Series:
+    return store(orthanc, write_ct_series(tmp_path_factory.mktemp("ct")))
 
 
 def seg_series(orthanc: Orthanc, study: str) -> set[str]:
@@ -467,6 +471,17 @@ def test_slicer_style_nrrd_with_two_structures_is_stored_with_consecutive_segmen
     np.testing.assert_array_equal(masks["organ"], label == 1)
     np.testing.assert_array_equal(masks["lesion"], label == 3)
     validate(path)
+
+
+def test_a_series_stored_after_the_server_started_can_be_segmented(app, orthanc, ct, tmp_path):
+    # MONAI Label caches the series list for hours; the app asks the PACS about an id it has not seen
+    later = store(orthanc, write_ct_series(tmp_path, seed=701))
+    r = app.post_infer(later.series, ohif_click(later)[1])
+    assert r.status_code == 200, r.text
+    (tmp_path / "later.nrrd").write_bytes(r.content)
+    label, header = nrrd.read(str(tmp_path / "later.nrrd"))
+    assert label.shape == SHAPE
+    assert_series_geometry(header)
 
 
 def test_an_empty_label_is_refused_with_a_reason(app, orthanc, ct):

@@ -3,13 +3,16 @@
 MONAI Label treats an image id that happens to be an existing path as that file, so
 `/infer/medsam2?image=/etc/shadow` (or `?image=README.md`) would read any file the server can. Only
 ids the datastore knows are accepted, plus the temporary file MONAI Label itself writes when a client
-uploads an image with the request.
+uploads an image with the request. With a DICOMweb datastore the ids are SeriesInstanceUIDs.
 """
 
 import os
+import re
 import tempfile
 
 from fastapi import HTTPException
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # a DICOM UID: digits and dots only
 
 
 def _is_upload(path: str) -> bool:
@@ -17,10 +20,22 @@ def _is_upload(path: str) -> bool:
             and os.path.basename(path).startswith("tmp") and os.path.isfile(path))
 
 
+def _new_dicomweb_series(image: str, datastore) -> bool:
+    """A series stored in the PACS after MONAI Label cached its series list (for
+    MONAI_LABEL_DICOMWEB_CACHE_EXPIRY seconds, 2 hours by default): asked for by its UID, uncached."""
+    from monailabel.datastore.dicom import DICOMWebDatastore
+
+    if not isinstance(datastore, DICOMWebDatastore) or not _UID.fullmatch(image):
+        return False
+    found = datastore._client.search_for_series(search_filters={**datastore._search_filter,
+                                                                "SeriesInstanceUID": image})
+    return any(item.get("0020000E", {}).get("Value") == [image] for item in found)
+
+
 def check_image_id(request: dict, datastore) -> None:
     image = request.get("image")
     if not isinstance(image, str) or not image:
         raise HTTPException(status_code=400, detail="no image id given")
-    if _is_upload(image) or image in set(datastore.list_images()):
+    if _is_upload(image) or image in set(datastore.list_images()) or _new_dicomweb_series(image, datastore):
         return
     raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")

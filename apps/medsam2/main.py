@@ -17,7 +17,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import dicomweb, http_errors
+from lib import auth, dicomweb, http_errors
 from lib.image_ids import check_image_id
 from lib.configs import MedSam2Config
 
@@ -82,3 +82,4 @@ class MedSam2App(MONAILabelApp):
         from monailabel.app import app as fastapi_app
 
         http_errors.install(fastapi_app)
+        auth.install(fastapi_app)

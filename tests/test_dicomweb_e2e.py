@@ -35,7 +35,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from conftest import free_port, start_server, stop_server
-from medsam2.clicks import interior_point, largest_slice
+from medsam2.clicks import interior_point
 from medsam2.phantoms import make_phantom
 
 pytestmark = pytest.mark.e2e
@@ -359,13 +359,18 @@ def assert_series_geometry(header) -> None:
 
 
 @pytest.fixture(scope="module")
-def ohif_result(app, ct, tmp_path_factory) -> np.ndarray:
+def ohif_response(app, ct, tmp_path_factory) -> Path:
     _, params = ohif_click(ct)
     r = app.post_infer(ct.series, params)
     assert r.status_code == 200, r.text
     path = tmp_path_factory.mktemp("dicomweb_results") / "ohif.nrrd"
     path.write_bytes(r.content)
-    label, header = nrrd.read(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ohif_result(ohif_response) -> np.ndarray:
+    label, header = nrrd.read(str(ohif_response))
     assert_series_geometry(header)
     return label
 
@@ -440,26 +445,20 @@ def test_ohif_save_label_stores_a_dicom_seg_in_orthanc(app, orthanc, ct, ohif_re
     np.testing.assert_allclose(image.GetSpacing(), SPACING, atol=1e-4)
 
 
-def test_slicer_style_nrrd_with_two_structures_is_stored_with_consecutive_segments(app, orthanc, ct, tmp_path):
-    objects = []
-    for name, value in (("organ", 1), ("lesion", 3)):
-        mask = ct.truth == value
-        k = largest_slice(mask)
-        x, y = interior_point(mask[:, :, k].T)
-        objects.append({"label": name, "foreground": [[x, y, k]]})
-    r = app.post_infer(ct.series, {"objects": objects, "result_extension": ".nrrd", "result_dtype": "uint8"})
-    assert r.status_code == 200, r.text
-    (tmp_path / "two.nrrd").write_bytes(r.content)
-    label, header = nrrd.read(str(tmp_path / "two.nrrd"))
-    assert_series_geometry(header)
-    assert set(np.unique(label)) == {0, 1, 3}, "random weights found nothing for one of the structures"
+def test_slicer_style_nrrd_with_two_structures_is_stored_with_consecutive_segments(app, orthanc, ct, ohif_response,
+                                                                                   tmp_path):
+    # the model's organ plus a lesion the annotator painted, as label values 1 and 3 on the image grid
+    label, header = nrrd.read(str(ohif_response))
+    label[ct.truth == 3] = 3
+    assert set(np.unique(label)) == {0, 1, 3}
+    nrrd.write(str(tmp_path / "two.nrrd"), label, header)
 
     before = seg_series(orthanc, ct.study)
     # Slicer's save_label: the label file itself, label_info [{name, idx}] in segment order
     label_info = [{"name": "organ", "idx": 1}, {"name": "lesion", "idx": 2}]
     r = requests.put(f"{app.url}/datastore/label", params={"image": ct.series},
                      files={"params": (None, json.dumps({"label_info": label_info, "client_id": "user-xyz"})),
-                            "label": ("label.nrrd", r.content)}, timeout=120)
+                            "label": ("label.nrrd", (tmp_path / "two.nrrd").read_bytes())}, timeout=120)
     assert r.status_code == 200, r.text
     new = seg_series(orthanc, ct.study) - before
     assert len(new) == 1, new

@@ -227,6 +227,8 @@ def test_every_route_refuses_requests_without_a_valid_token(auth_server, realm):
                 wrong.append(f"{name}: {method.upper()} {path} -> {r.status_code} {r.text[:120]}")
     assert not wrong, "\n".join(wrong)
     assert refused == len(routes) * 7
+    for path in ("/", "/docs", "/openapi.json", "/favicon.ico", "/auth/"):  # what stays open: no data, no state
+        assert requests.get(f"{auth_server.url}{path}", timeout=30).status_code == 200, path
     # nothing was inferred, trained or saved meanwhile
     log = auth_server.log.read_text()
     assert "medsam2: " not in log and "Saving Label" not in log
@@ -276,18 +278,33 @@ def test_valid_tokens_with_the_role_get_real_answers(auth_server, realm, tmp_pat
     assert r.status_code == 404 and "credentials" not in r.text  # past the check: no training has run yet
 
 
-def test_login_through_the_server_like_slicer(auth_server, realm):
-    r = requests.get(f"{auth_server.url}/auth/", timeout=30)
-    assert r.json() == {"enabled": True, "client_id": CLIENT_ID, "realm": realm.url}
-    r = requests.post(f"{auth_server.url}/auth/token", data={"username": "annotator", "password": "annotator-pw"},
-                      timeout=30)
-    assert r.status_code == 200, r.text
-    token = r.json()["access_token"]
-    me = requests.get(f"{auth_server.url}/auth/token/valid", headers=bearer(token), timeout=30).json()
+def test_login_through_the_server_like_slicer(auth_server, realm, tmp_path):
+    """MONAI Label's Python client, the same code as Slicer's module: /auth/ -> /auth/token -> Bearer."""
+    from monailabel.client import MONAILabelClient
+    from monailabel.client.client import MONAILabelClientException
+
+    client = MONAILabelClient(auth_server.url, tmpdir=str(tmp_path), client_id="slicer-user")
+    assert client.auth_enabled()
+    assert requests.get(f"{auth_server.url}/auth/", timeout=30).json() == {"enabled": True, "client_id": CLIENT_ID,
+                                                                           "realm": realm.url}
+    with pytest.raises(MONAILabelClientException):
+        client.auth_token("annotator", "wrong")
+    r = requests.post(f"{auth_server.url}/auth/token", data={"username": "annotator", "password": "wrong"}, timeout=30)
+    print("wrong password ->", r.status_code, r.text[:80])
+    assert r.status_code >= 400 and "access_token" not in r.text
+    with pytest.raises(MONAILabelClientException):
+        client.info()  # no token yet
+    client.update_auth(client.auth_token("annotator", "annotator-pw"))  # the realm's token endpoint, via the server
+    assert client.auth_valid_token()
+    assert "medsam2" in client.info()["models"]
+    params = {"label": "organ", "foreground": [organ_click()], "background": [], "result_extension": ".nii.gz",
+              "result_dtype": "uint8"}
+    out, res = client.infer("medsam2", IMAGE, params)
+    assert res["label_names"] == {"organ": 1}
+    client.save_label(IMAGE, out, params={"label_info": [{"name": "organ", "idx": 1}]})
+    me = requests.get(f"{auth_server.url}/auth/token/valid", headers=client._headers, timeout=30).json()
     assert me["username"] == "annotator" and set(me["roles"]) == {USER, ANNOTATOR}
-    r = requests.post(f"{auth_server.url}/auth/token", data={"username": "annotator", "password": "wrong"},
-                      timeout=30)
-    assert r.status_code != 200 and "access_token" not in r.text
+    assert "POST /realms/monailabel/protocol/openid-connect/token" in realm.requests
 
 
 def test_reload_needs_the_admin_role(auth_server, realm):

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     s.add_argument("--count", type=int, default=3)
     d = sub.add_parser("demo-model")
     d.add_argument("out", type=Path)
-    d.add_argument("--steps", type=int, default=150)
+    d.add_argument("--steps", type=int, default=200)
     args = ap.parse_args(argv)
 
     if args.cmd == "fetch":

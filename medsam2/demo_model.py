@@ -4,6 +4,12 @@ No SAM2 or MedSAM2 weights can be downloaded where this project is built and tes
 behaviour (does a click give a 3D structure on both sides of the slice?) must be shown with a model
 that segments something. This trains the `sam2.1_hiera_micro` config on generated phantoms with the
 project's own trainer. It knows phantoms only: never use it on patient images.
+
+What it learns in those minutes (measured, see the README): to segment the prompted slice, and to
+find each kind of phantom structure on other slices from its appearance. It does not learn to use
+SAM2's memory (memory features stay nearly independent of the prompted mask), so it follows a
+structure through the volume only where appearance alone identifies it (the vessel); that needs
+real pretrained weights or far longer training.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ def phantom_pairs(seeds, shape=PHANTOM_SHAPE):
     return [(p.image, p.label) for p in (make_phantom(shape, seed=s) for s in seeds)]
 
 
-def train_demo_model(out: Path, steps: int = 150, seed: int = 0, log=print) -> TrainResult:
+def train_demo_model(out: Path, steps: int = 200, seed: int = 0, log=print) -> TrainResult:
     cfg = TrainConfig(model_config=DEMO_CONFIG, out_checkpoint=Path(out), max_steps=steps, val_every=steps,
-                      clip_len=8, clips_per_step=2, warmup_steps=10, seed=seed)
+                      clip_len=8, max_objects=3, clips_per_step=2, lr=3e-4, warmup_steps=10, seed=seed)
     return train(cfg, phantom_pairs(range(seed, seed + 8)), phantom_pairs([900 + seed]), log=log)

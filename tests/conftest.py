@@ -20,7 +20,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "test-models"
-DEMO_STEPS = 150
+DEMO_STEPS = 200
 
 
 def free_port() -> int:

@@ -127,7 +127,7 @@ def _deterministic_objective(seed=0):
 
 def _clips():
     volumes = [LabelledVolume(p.image, p.label) for p in (make_phantom((48, 48, 16), seed=s) for s in (5, 6))]
-    sampler = ClipSampler(volumes, image_size=256, clip_len=3, max_objects=2, seed=3)
+    sampler = ClipSampler(volumes, image_size=128, clip_len=3, max_objects=2, seed=3)
     return [sampler.sample(), sampler.sample()]
 
 

@@ -90,6 +90,9 @@ def test_a_stopped_run_leaves_the_served_weights_intact(learning_server):
 
 def test_scoring_then_next_sample_hands_over_the_least_confident_image(learning_server):
     server = learning_server
+    # MONAI Label starts every scoring method by itself after a training run: let that one finish first
+    if requests.get(f"{server.url}/scoring/", timeout=30).status_code == 200:
+        wait_for_task(server, "scoring", timeout=600)
     r = requests.post(f"{server.url}/scoring/medsam2_confidence", timeout=60)
     assert r.status_code == 200, r.text
     assert wait_for_task(server, "scoring", timeout=600)["status"] == "DONE"

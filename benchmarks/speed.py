@@ -294,7 +294,7 @@ def worker_engine(job: dict) -> dict:
     first = parse_objects({"foreground": [fg]}, volume.shape)
     second = parse_objects({"foreground": [fg], "background": [bg]}, volume.shape)
     pts, lbl, _ = first[0].frame_inputs(k)
-    b = job["encode_batch_size"]
+    b = seg.encode_batch_size
     with torch.inference_mode(), _autocast(device):
         model.forward_image(torch.zeros(b, 3, model.image_size, model.image_size, device=device))
         model.forward_image(torch.zeros(1, 3, model.image_size, model.image_size, device=device))
@@ -525,7 +525,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
     p.add_argument("--intensity", default="auto", help="intensity rule for the engine and the stock JPEGs")
-    p.add_argument("--encode-batch-size", type=int, default=8)
+    p.add_argument("--encode-batch-size", type=int, default=None,
+                   help="slices per encoder batch (default: the engine's, 8 on CUDA and 1 on CPU)")
     p.add_argument("--precision", default="auto", help="engine: auto (bf16 on CUDA), bf16 (also on CPU) or fp32")
     p.add_argument("--stop-after-empty", type=int, default=0, help="engine: stop a direction after N empty slices")
     p.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's); on a "

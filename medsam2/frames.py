@@ -109,8 +109,3 @@ def volume_to_frames(volume, image_size: int, intensity=None, device="cpu", dtyp
     """(I, J, K) volume -> (K, 3, image_size, image_size) normalised frames on `device`."""
     scaled = scale_volume(volume, intensity, device)
     return frames_from_scaled(scaled, slice(None), image_size, dtype)
-
-
-def frame_masks_to_volume(masks: torch.Tensor) -> np.ndarray:
-    """(K, J, I) per-frame masks -> (I, J, K) volume order."""
-    return masks.permute(2, 1, 0).cpu().numpy()

@@ -13,6 +13,7 @@ Everything else (prompt encoding, memory attention, the memory encoder) is SAM2'
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 import torch
@@ -46,6 +47,7 @@ class FrameFeatures:
         self.pos: list[torch.Tensor] | None = None  # per level: (1, C, H, W)
         self.encoded = torch.zeros(self.num_frames, dtype=torch.bool)
         self.embeddings: torch.Tensor | None = None  # (K, C) pooled lowest-resolution features
+        self.encode_s = 0.0  # seconds spent in the image encoder so far
         self._lock = threading.Lock()
 
     @torch.inference_mode()
@@ -53,6 +55,7 @@ class FrameFeatures:
         """Encode the given frames (all when None) that are not encoded yet, in batches."""
         wanted = range(self.num_frames) if frame_indices is None else sorted(set(int(k) for k in frame_indices))
         with self._lock:
+            t0 = time.perf_counter()
             todo = [k for k in wanted if not self.encoded[k]]
             for start in range(0, len(todo), self.batch_size):
                 ks = todo[start : start + self.batch_size]
@@ -72,6 +75,7 @@ class FrameFeatures:
                     level[idx] = f
                 self.embeddings[idx] = fpn[-1].float().mean(dim=(2, 3))
                 self.encoded[ks] = True
+            self.encode_s += time.perf_counter() - t0
             if frame_indices is None and self.encoded.all():
                 self.scaled = None  # not needed any more: free it
 

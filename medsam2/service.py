@@ -37,7 +37,6 @@ class ModelProvider:
         self._base: ModelSpec | None = None
         self._segmenter: Segmenter | None = None
         self._version: tuple | None = None
-        self.spec: ModelSpec | None = None
 
     @property
     def finetuned_path(self) -> Path:
@@ -73,7 +72,7 @@ class ModelProvider:
                 t0 = time.perf_counter()
                 model = build_model(spec, device=self.device)
                 self._segmenter = Segmenter(model, intensity=self.intensity, **self.segmenter_options)
-                self._version, self.spec = version, spec
+                self._version = version
                 logger.info("loaded %s (%s) on %s in %.1fs", spec.checkpoint or "random weights",
                             spec.model_config, self.device, time.perf_counter() - t0)
             return self._segmenter, self._version
@@ -101,11 +100,13 @@ class InteractiveSegmenter:
 
     def run(self, segmenter: Segmenter, session, objects, memory_policy_factory=None, cached: bool = False
             ) -> tuple[SegmentationResult, dict]:
-        """Segment `objects` on an opened session; returns the result and engine statistics."""
+        """Segment `objects` on an opened session; returns the result and engine statistics
+        (encode_s: image-encoder seconds this request paid, up front or during propagation)."""
+        encoded_before = session.features.encode_s if cached else 0.0
         result = segmenter.segment(session, objects, memory_policy_factory)
         stats = {
             "cached_features": cached,
-            "encode_s": 0.0 if cached else round(session.opened_s, 4),
+            "encode_s": round(session.features.encode_s - encoded_before, 4),
             "propagate_s": round(result.timings["propagate_s"], 4),
             "cache_entries": len(self.cache),
             "cache_mb": round(self.cache.nbytes / 2**20, 1),

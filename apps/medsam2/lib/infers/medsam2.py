@@ -92,7 +92,7 @@ class MedSam2InferTask(InferTask):
             "engine": stats,
             "latencies": {
                 "pre": round(t_load - t0, 4),
-                "encode": stats["encode_s"] if not cached else 0.0,
+                "encode": stats["encode_s"],
                 "infer": stats["propagate_s"],
                 "invert": 0,
                 "post": 0,

@@ -205,13 +205,7 @@ def orthanc(orthanc_install, tmp_path_factory) -> Orthanc:
             pytest.fail(f"Orthanc did not answer within 60 s:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     yield Orthanc(url, proc, port, log)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_server(proc)  # the same process-group stop as for the MONAI Label server
 
 
 # ---------------------------------------------------------------------------------------- the CT series

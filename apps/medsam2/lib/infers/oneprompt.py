@@ -17,14 +17,11 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.infers.image_io import image_path_or_404, read_image, result_format, write_label
+from lib.params import flag
 from medsam2.checkpoints import CheckpointError
 from medsam2.oneprompt import BankError, BankStore, OnePromptSegmenter, check_label
 from medsam2.prompts import PromptError, object_from_params
 from medsam2.service import ModelProvider
-
-
-def _flag(value) -> bool:
-    return str(value).lower() in ("1", "true", "yes")
 
 
 class OnePromptInferTask(InferTask):
@@ -50,7 +47,7 @@ class OnePromptInferTask(InferTask):
             check_label(label)
         except BankError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
-        if _flag(request.get("clear_bank", False)):
+        if flag(request.get("clear_bank", False)):
             return None, {"label": label, "cleared": self.store.clear(label)}
         image_path = image_path_or_404(request)
         array, header = read_image(image_path)
@@ -81,7 +78,7 @@ class OnePromptInferTask(InferTask):
         try:
             mask, info = OnePromptSegmenter(segmenter, self.store).segment(
                 image.astype(np.float32), label, prompt, str(version),
-                add_to_bank=_flag(request.get("add_to_bank", self._config["add_to_bank"])))
+                add_to_bank=flag(request.get("add_to_bank", self._config["add_to_bank"])))
         except BankError as e:
             raise HTTPException(status_code=409, detail=str(e)) from e
         value = int(self.labels.get(label, 1)) if isinstance(self.labels, dict) else 1

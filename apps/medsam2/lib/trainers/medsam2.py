@@ -26,14 +26,11 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.infers.image_io import read_image
+from lib.params import flag
 from medsam2.service import ModelProvider
 from medsam2.training.loop import TrainConfig, train, train_distributed
 
 logger = logging.getLogger(__name__)
-
-
-def _flag(value) -> bool:
-    return str(value).lower() in ("1", "true", "yes")
 
 
 class MedSam2Trainer(TrainTask):
@@ -123,7 +120,7 @@ class MedSam2Trainer(TrainTask):
                 self._write_stats(stats)
 
         world = torch.cuda.device_count() if torch.cuda.is_available() else int(request.get("cpu_processes", 1))
-        if _flag(request.get("multi_gpu", False)) and world > 1:
+        if flag(request.get("multi_gpu", False)) and world > 1:
             result = train_distributed(cfg, trn, val, world_size=world)
             for entry in result.history:
                 log(entry)

@@ -10,6 +10,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from lib.infers.image_io import read_image
+from medsam2.checkpoints import CheckpointError
 from medsam2.confidence import reference_memories, volume_confidence
 from medsam2.service import ModelProvider
 
@@ -24,7 +25,6 @@ class ConfidenceScoring(ScoringMethod):
         self.probes = probes
 
     def __call__(self, request, datastore: Datastore):
-        segmenter, _ = self.provider.get()
         pairs = []
         for item in datastore.datalist():
             try:
@@ -33,6 +33,11 @@ class ConfidenceScoring(ScoringMethod):
                 logger.warning("scoring: skipping %s: %s", item["image"], getattr(e, "detail", e))
         if not pairs:
             return {"scored": 0, "reason": "no saved labels yet"}
+        try:
+            segmenter, _ = self.provider.get()
+        except CheckpointError as e:  # MONAI Label runs scoring at start-up too: say why, don't crash
+            logger.warning("scoring: the model is not available: %s", e)
+            return {"scored": 0, "reason": f"the model is not available: {e}"}
         memories = reference_memories(segmenter, pairs)
         scores = {}
         for image_id in datastore.get_unlabeled_images():

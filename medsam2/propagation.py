@@ -142,8 +142,8 @@ class Segmenter:
             for k, _, video_res in self.model.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
                 logits[k] = video_res[0, 0].float()
                 empty_run = 0 if bool((logits[k] > 0).any()) or k in obj.frames else empty_run + 1
-                if self.stop_after_empty and empty_run >= self.stop_after_empty and not (
-                        max(obj.frames) > k if not reverse else min(obj.frames) < k):
+                prompted_ahead = any(f < k if reverse else f > k for f in obj.frames)
+                if self.stop_after_empty and empty_run >= self.stop_after_empty and not prompted_ahead:
                     break
         outputs = state["output_dict_per_obj"][0]
         scores = np.full(K, np.nan, dtype=np.float32)

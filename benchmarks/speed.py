@@ -1,6 +1,7 @@
 """Speed benchmark: stock SAM2 (JPEG folder), MONAI Label's Sam2InferTask and this project's engine.
 
     python -m benchmarks.speed                                   # sam2.1_hiera_t at 512 px, 64 slices of 256x256
+    python -m benchmarks.speed --shape 512 512 300 --image-size 1024 --paths stock,plain,engine   # the GPU target
     python -m benchmarks.speed --config sam2.1_hiera_micro --shape 64 64 16 --out bench-results/small.json
 
 All paths run on the same weights (random weights of `--config`, built once with a fixed
@@ -12,17 +13,22 @@ click adds a background click on the same slice (inside the vessel when the slic
 Each path runs in its own subprocess, one after the other, so peak memory (CPU RSS from
 `getrusage`, and `torch.cuda.max_memory_allocated` on CUDA) belongs to that path alone and MONAI
 Label's task (which resets hydra and starts a cache thread at import) cannot disturb the others.
-Model building is not timed (a server does it once); a small warm-up forward pass runs before the
-timers in the stock and engine workers. On CUDA both SAM2 paths run under bf16 autocast, as
-SAM2's examples do; MONAI Label's task enters bf16 autocast itself.
+Model building is not timed (a server does it once). Before the timers every SAM2 path runs one
+untimed warm-up propagation on a small volume of the same slice size (cuDNN/cuBLAS set-up, and the
+engine's CUDA-graph captures; its seconds are reported as `warmup_s`). On CUDA all SAM2 paths run
+under bf16 autocast, as SAM2's examples do; MONAI Label's task enters bf16 autocast itself.
+
+Both directions are tracked the way `--directions` says (the engine's default, "independent": forward
+from the clicked slice, then backward from it afresh, as MedSAM2 does with stock SAM2; "sequential":
+backward on the same state, stock SAM2's `propagate_in_video(reverse=True)` after the forward pass).
 
 (a) stock: window the volume (the same intensity rule as the engine), write every slice as an
     8-bit RGB JPEG with PIL (default quality 75), `build_sam2_video_predictor` with the sam2 config
     and hydra overrides for the image size, `init_state(video_path=folder)` (decodes every JPEG and
     encodes frame 0), `add_new_points_or_box` on the clicked slice, `propagate_in_video` forward,
-    then reverse, on the same state. Stock SAM2 encodes each frame again as it reaches it (it caches
-    only the most recent frame's features). Its clicked-slice latency is JPEG writing + init_state +
-    the click (the click's mask is what `add_new_points_or_box` returns). Its corrective click is
+    then reverse (after `reset_state` and the same click again when independent). Stock SAM2 encodes
+    each frame again as it reaches it (it caches only the most recent frame's features). Its
+    clicked-slice latency is JPEG writing + init_state + the click. Its corrective click is
     `reset_state` + both clicks + propagation both ways on the already loaded frames.
 (b) monailabel: `monailabel.sam2.infer.Sam2InferTask` with `dimension=3`. Its `__init__` downloads
     SAM 2.1 hiera-large from Hugging Face unless the files named by `MONAI_SAM_MODEL_PT` /
@@ -31,16 +37,24 @@ SAM2's examples do; MONAI Label's task enters bf16 autocast itself.
     offline on the same weights. It writes raw voxel values as JPEGs (no window), propagates
     forward only and returns only the whole volume. Its first request builds the predictor, so an
     untimed request on a tiny volume runs first. If it cannot run, the table says why.
-(c) engine: `Segmenter.open` (scale + batched encoding of all slices) then `segment` (click +
-    propagation both ways); the corrective click is a second `segment` on the open session with
-    one more background click (features cached). Clicked-slice latency: a fresh
-    `open(encode=False)` + `init_volume_state` + `add_new_points_or_box` on the clicked slice, which
-    scales the volume, encodes that slice alone and decodes its mask; also reported with features
-    already cached. `--breakdown` adds one more untimed-for-the-table `segment` with timers on the
-    model's parts to show where propagation time goes.
+(c) the engine (`medsam2.propagation.Segmenter`), in variants of the same code:
+    plain          the un-optimised path: in-memory frames, SAM2's own `propagate_in_video`, one slice
+                   of one object at a time (the reference the optimised masks are compared with);
+    engine         the default: batched lanes (all objects and both directions advance together),
+                   slices encoded in batches (up front on a GPU, on demand on a CPU);
+    engine-graphs  GPU only: the batched step replayed as CUDA graphs, slices encoded on a second
+                   stream alongside propagation (not yet the default: unverified on a GPU);
+    engine-offload engine-graphs with the largest feature level kept in pinned host memory.
+    End to end = `open` (volume to the device, intensity scaling) + `segment` (click, propagation both
+    ways, encoding every slice on the way) + the label back in host memory. Clicked-slice latency =
+    `open` + the `segment` time until the clicked slice's mask exists (`prompted_s`, GPU synchronised).
+    Corrective = a second `segment` on the open session with one more background click (features
+    cached). Stages: one more fresh session encoded up front (`open(encode=True)`), then `segment`:
+    encoding alone, propagation alone.
 
-Dice is computed between the 3D masks of the paths (engine vs stock, engine vs monailabel) and
-against the phantom's organ (meaningless with random weights, reported for real checkpoints).
+Dice is computed between the 3D masks of the paths (each path vs stock, the engine variants vs
+plain: the optimised path's tolerance) and against the phantom's organ (meaningless with random
+weights, reported for real checkpoints).
 """
 
 from __future__ import annotations
@@ -60,7 +74,15 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ("stock", "monailabel", "engine")
+WARMUP_SLICES = 40
+PATHS = ("stock", "monailabel", "plain", "engine", "engine-graphs", "engine-offload")
+DEFAULT_PATHS = ("stock", "monailabel", "plain", "engine")
+ENGINE_VARIANTS = {  # Segmenter options of each engine path (the GPU-only options do nothing on a CPU)
+    "plain": {"engine": "plain"},
+    "engine": {"engine": "batched"},
+    "engine-graphs": {"engine": "batched", "cuda_graphs": True, "overlap_encoding": True},
+    "engine-offload": {"engine": "batched", "cuda_graphs": True, "overlap_encoding": True, "offload_levels": (0,)},
+}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -118,9 +140,10 @@ def write_jpegs(scaled, folder: Path) -> int:
     return u8.shape[2]
 
 
-def stock_track(predictor, state, frame_idx: int, points, labels) -> "torch.Tensor":
-    """Stock SAM2 on one object: click on `frame_idx`, propagate forward then reverse on the same
-    state (as the engine does); returns (K, H, W) mask logits at the video resolution."""
+def stock_track(predictor, state, frame_idx: int, points, labels, directions: str = "independent") -> "torch.Tensor":
+    """Stock SAM2 on one object: click on `frame_idx`, propagate forward, then reverse (after
+    `reset_state` and the same click again when `directions` is "independent"; on the same state when
+    "sequential"); returns (K, H, W) mask logits at the video resolution."""
     import torch
 
     K, H, W = state["num_frames"], state["video_height"], state["video_width"]
@@ -128,6 +151,9 @@ def stock_track(predictor, state, frame_idx: int, points, labels) -> "torch.Tens
         logits = torch.full((K, H, W), -1e4, dtype=torch.float32, device=state["device"])
         predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=1, points=points, labels=labels)
         for reverse in (False, True):
+            if reverse and directions == "independent":
+                predictor.reset_state(state)
+                predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=1, points=points, labels=labels)
             for k, _, video_res in predictor.propagate_in_video(state, start_frame_idx=frame_idx, reverse=reverse):
                 logits[k] = video_res[0, 0].float()
     return logits
@@ -208,21 +234,40 @@ def _rss_now_mib() -> float:
 # --------------------------------------------------------------------------------------------- workers
 
 
+def warmup_volume(job: dict) -> np.ndarray:
+    """A small phantom with the benchmark volume's slice size, for the untimed warm-up: on CUDA 40
+    slices (enough steps for every memory shape a propagation meets, so every CUDA graph is captured),
+    on a CPU 8 (nothing there to capture)."""
+    from medsam2.phantoms import make_phantom
+
+    I, J, _ = np.load(job["volume"], mmap_mode="r").shape
+    return make_phantom((I, J, WARMUP_SLICES if job["device"].startswith("cuda") else 8), seed=job["seed"] + 1).image
+
+
 def worker_stock(job: dict) -> dict:
     import torch
 
     from medsam2.frames import scale_volume
     from medsam2.prompts import parse_objects
 
-    device = job["device"]
+    device, directions = job["device"], job["directions"]
     predictor = build_stock_predictor(job["config"], job["image_size"], job["checkpoint"], device)
     volume = np.load(job["volume"])
     fg, bg = job["click"], job["background_click"]
     k = fg[2]
     first = parse_objects({"foreground": [fg]}, volume.shape)[0].frame_inputs(k)
     second = parse_objects({"foreground": [fg], "background": [bg]}, volume.shape)[0].frame_inputs(k)
+
+    t0 = time.perf_counter()
+    warm = Path(job["workdir"]) / "stock-warmup"
+    write_jpegs(scale_volume(warmup_volume(job), job["intensity"], "cpu").numpy(), warm)
     with torch.inference_mode(), _autocast(device):
-        predictor.forward_image(torch.zeros(1, 3, predictor.image_size, predictor.image_size, device=device))
+        state = predictor.init_state(video_path=str(warm))
+        c = np.array([[volume.shape[0] / 2, volume.shape[1] / 2]], np.float32)
+        stock_track(predictor, state, state["num_frames"] // 2, c, np.array([1], np.int32), directions)
+    del state
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     rss_ready = _rss_now_mib()
@@ -242,41 +287,41 @@ def worker_stock(job: dict) -> dict:
             logits[k] = m[0, 0].float()
         with clock("propagate_s"):
             for reverse in (False, True):
+                if reverse and directions == "independent":
+                    predictor.reset_state(state)
+                    predictor.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=first[0], labels=first[1])
                 for kk, _, video_res in predictor.propagate_in_video(state, start_frame_idx=k, reverse=reverse):
                     logits[kk] = video_res[0, 0].float()
             mask = (logits > 0).cpu().numpy()
         with clock("corrective_s"):
             predictor.reset_state(state)
-            again = stock_track(predictor, state, k, second[0], second[1])
+            again = stock_track(predictor, state, k, second[0], second[1], directions)
             mask2 = (again > 0).cpu().numpy()
     s = clock.stages
     e2e = s["jpeg_write_s"] + s["init_state_s"] + s["click_s"] + s["propagate_s"]
     np.save(Path(job["workdir"]) / "stock_mask.npy", mask.transpose(2, 1, 0))
     np.save(Path(job["workdir"]) / "stock_mask_corrective.npy", mask2.transpose(2, 1, 0))
-    maskmem = state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
-    mm_dtype = str(next(iter(maskmem.values()))["maskmem_features"].dtype) if maskmem else None
     return {
         "status": "ok",
         "stages": {n: s[n] for n in ("jpeg_write_s", "init_state_s", "click_s", "propagate_s")},
         "end_to_end_s": e2e,
         "clicked_slice_s": s["jpeg_write_s"] + s["init_state_s"] + s["click_s"],
         "corrective_s": s["corrective_s"],
+        "warmup_s": warmup_s,
         "rss_ready_mib": rss_ready,
         "jpeg_bytes": sum(p.stat().st_size for p in folder.glob("*.jpg")),
-        "maskmem_dtype": mm_dtype,
         "fill_hole_area": predictor.fill_hole_area,
         "notes": [
             "clicked-slice latency = JPEG write + init_state + add_new_points_or_box",
             "corrective = reset_state + fg+bg clicks + propagate both ways on the loaded frames "
             "(each frame encoded again)",
-            f"maskmem_features stored as {mm_dtype} on {state['storage_device']}",
             f"stock post-processing fill_hole_area={predictor.fill_hole_area} needs sam2's CUDA extension; "
             "without it sam2 warns and skips it",
         ],
     }
 
 
-def worker_engine(job: dict) -> dict:
+def worker_engine(job: dict, variant: str) -> dict:
     import torch
 
     from medsam2.checkpoints import ModelSpec, build_model
@@ -285,19 +330,20 @@ def worker_engine(job: dict) -> dict:
 
     device = job["device"]
     model = build_model(ModelSpec(job["config"], job["image_size"], Path(job["checkpoint"])), device=device)
+    options = dict(ENGINE_VARIANTS[variant])
     seg = Segmenter(model, encode_batch_size=job["encode_batch_size"], intensity=job["intensity"],
-                    precision=job.get("precision", "auto"), stop_after_empty=job.get("stop_after_empty", 0))
+                    precision=job["precision"], stop_after_empty=job["stop_after_empty"],
+                    settle_slices=job["settle_slices"], directions=job["directions"], **options)
     volume = np.load(job["volume"])
-    I, J, K = volume.shape
     fg, bg = job["click"], job["background_click"]
-    k = fg[2]
     first = parse_objects({"foreground": [fg]}, volume.shape)
     second = parse_objects({"foreground": [fg], "background": [bg]}, volume.shape)
-    pts, lbl, _ = first[0].frame_inputs(k)
-    b = seg.encode_batch_size
-    with torch.inference_mode(), _autocast(device):
-        model.forward_image(torch.zeros(b, 3, model.image_size, model.image_size, device=device))
-        model.forward_image(torch.zeros(1, 3, model.image_size, model.image_size, device=device))
+
+    t0 = time.perf_counter()
+    warm = warmup_volume(job)
+    seg.segment(seg.open(warm), parse_objects({"foreground": [[n // 2 for n in warm.shape]]}, warm.shape))
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     rss_ready = _rss_now_mib()
@@ -306,43 +352,51 @@ def worker_engine(job: dict) -> dict:
     with clock("open_s"):
         session = seg.open(volume)
     with clock("segment_s"):
-        result = seg.segment(session, first)
+        result = seg.segment(session, first)  # returns the label as a numpy array: synchronised
     with clock("corrective_s"):
         result2 = seg.segment(session, second)
-    with clock("clicked_slice_cached_s"), _autocast(device):
-        state = model.init_volume_state(session.features, height=J, width=I)
-        _, _, m = model.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=pts, labels=lbl)
-        (m[0, 0] > 0).cpu()
-    del state
-    with clock("clicked_slice_s"):
-        fresh = seg.open(volume, encode=False)
-        with _autocast(device):
-            state = model.init_volume_state(fresh.features, height=J, width=I)
-            _, _, m = model.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=pts, labels=lbl)
-            (m[0, 0] > 0).cpu()
-    encoded_for_click = int(fresh.features.encoded.sum())
-    del state, fresh
+    memory = _memory(device)
+    features_mib = session.nbytes / 2**20
+    host_mib = session.features.host_nbytes / 2**20
+    del session
+    with clock("encode_only_s"):
+        staged = seg.open(volume, encode=True)
+    with clock("propagate_only_s"):
+        seg.segment(staged, first)
+    del staged
     s = clock.stages
+    steps = getattr(seg, "_steps", None)
     out = {
         "status": "ok",
-        "stages": {"open_s": s["open_s"], "segment_s": s["segment_s"]},
+        "variant": variant,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+        "stages": {"open_s": s["open_s"], "segment_s": s["segment_s"], "prompted_s": result.timings["prompted_s"],
+                   "encode_only_s": s["encode_only_s"], "propagate_only_s": s["propagate_only_s"]},
         "end_to_end_s": s["open_s"] + s["segment_s"],
-        "clicked_slice_s": s["clicked_slice_s"],
-        "clicked_slice_cached_s": s["clicked_slice_cached_s"],
+        "clicked_slice_s": s["open_s"] + result.timings["prompted_s"],
+        "clicked_slice_cached_s": result2.timings["prompted_s"],
         "corrective_s": s["corrective_s"],
+        "corrective_slices_tracked": result2.timings.get("slices"),
+        "corrective_slices_settled": result2.timings.get("settled"),
+        "warmup_s": warmup_s,
+        "steps": result.timings.get("steps"),
+        "cuda_graphs": None if steps is None else {"captured": steps.captured, "failures": steps.capture_failures[:3]},
         "rss_ready_mib": rss_ready,
-        "features_mib": session.nbytes / 2**20,
+        "features_mib": features_mib,
+        "features_host_mib": host_mib,
         "notes": [
-            "open = scale + batched encoding of every slice; segment = click + propagation both ways",
-            f"clicked-slice latency = open(encode=False) + init_volume_state + add_new_points_or_box "
-            f"(encodes {encoded_for_click} slice); with features cached: clicked_slice_cached_s",
+            "end to end = open (volume to device, scaling) + segment (click, encoding, propagation both ways, label)",
+            "clicked-slice latency = open + segment until the clicked slice's mask exists (GPU synchronised); "
+            "clicked_slice_cached_s: the same on the open image (the corrective request)",
             "corrective = second segment() on the open session with one more background click",
+            "peak memory covers open, segment and corrective (not the stages run after them)",
         ],
+        **memory,
     }
-    np.save(Path(job["workdir"]) / "engine_mask.npy", result.label == 1)
-    np.save(Path(job["workdir"]) / "engine_mask_corrective.npy", result2.label == 1)
-    if job.get("breakdown"):
-        out["breakdown"] = engine_breakdown(seg, session, first, device)
+    np.save(Path(job["workdir"]) / f"{variant}_mask.npy", result.label == 1)
+    np.save(Path(job["workdir"]) / f"{variant}_mask_corrective.npy", result2.label == 1)
+    if job.get("breakdown") and not seg.use_graphs:  # hooks that synchronise cannot run inside a graph
+        out["breakdown"] = engine_breakdown(seg, seg.open(volume, encode=True), first, device)
     return out
 
 
@@ -464,9 +518,11 @@ def run_worker(name: str, job_path: str) -> None:
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
-    fn = {"stock": worker_stock, "engine": worker_engine, "monailabel": worker_monailabel}[name]
-    out = fn(job)
-    out.update(_memory(job["device"]))
+    if name in ENGINE_VARIANTS:
+        out = worker_engine(job, name)
+    else:
+        out = {"stock": worker_stock, "monailabel": worker_monailabel}[name](job)
+        out.update(_memory(job["device"]))
     out["torch_threads"] = torch.get_num_threads()
     Path(job["workdir"], f"{name}.json").write_text(json.dumps(out, indent=2))
     sys.stdout.flush()
@@ -481,8 +537,8 @@ def _fmt(v, spec=".2f", none="-"):
 
 
 def print_table(results: dict, K: int) -> str:
-    head = ["path", "status", "jpeg write s", "load/init/encode s", "click+propagate s", "end-to-end s",
-            "slices/s", "clicked-slice s", "corrective s", "peak RSS MiB", "peak CUDA MiB", "Dice vs stock"]
+    head = ["path", "status", "end-to-end s", "slices/s", "clicked-slice s", "corrective s", "JPEG write s",
+            "load/encode s", "propagate s", "peak CUDA MiB", "peak RSS MiB", "Dice vs stock", "Dice vs plain"]
     rows = []
     for name in PATHS:
         r = results.get(name)
@@ -494,18 +550,16 @@ def print_table(results: dict, K: int) -> str:
         st = r.get("stages", {})
         if name == "stock":
             jpeg, load, prop = st["jpeg_write_s"], st["init_state_s"], st["click_s"] + st["propagate_s"]
-        elif name == "engine":
-            jpeg, load, prop = None, st["open_s"], st["segment_s"]
+        elif name in ENGINE_VARIANTS:  # encoding alone / propagation alone, from the staged run
+            jpeg, load, prop = None, st["encode_only_s"], st["propagate_only_s"]
         else:
             jpeg, load, prop = None, None, None
-        click = _fmt(r.get("clicked_slice_s"))
-        if name == "engine":
-            click += f" ({_fmt(r.get('clicked_slice_cached_s'), '.3f')} cached)"
         rows.append([
-            name, "ok", _fmt(jpeg), _fmt(load), _fmt(prop) if name != "monailabel" else "(in one call)",
-            _fmt(r["end_to_end_s"]), _fmt(K / r["end_to_end_s"], ".1f"), click, _fmt(r.get("corrective_s")),
-            _fmt(r.get("peak_rss_mib"), ".0f"), _fmt(r.get("cuda_peak_mib"), ".0f"),
-            _fmt(r.get("dice_vs_stock"), ".4f", "n/a" if name != "stock" else "-"),
+            name, "ok", _fmt(r["end_to_end_s"]), _fmt(K / r["end_to_end_s"], ".1f"),
+            _fmt(r.get("clicked_slice_s"), ".3f"), _fmt(r.get("corrective_s"), ".3f"), _fmt(jpeg), _fmt(load),
+            _fmt(prop) if name != "monailabel" else "(in one call)", _fmt(r.get("cuda_peak_mib"), ".0f"),
+            _fmt(r.get("peak_rss_mib"), ".0f"), _fmt(r.get("dice_vs_stock"), ".4f", "n/a" if name != "stock" else "-"),
+            _fmt(r.get("dice_vs_plain"), ".4f", "-"),
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(head, widths)) + " |",
@@ -523,12 +577,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for the random weights and phantom seed")
     p.add_argument("--checkpoint", help="use these weights instead of random ones")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
+    p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help="comma-separated subset of " + ",".join(PATHS))
+    p.add_argument("--directions", default="independent", help="independent (the engine's default) or sequential")
     p.add_argument("--intensity", default="auto", help="intensity rule for the engine and the stock JPEGs")
     p.add_argument("--encode-batch-size", type=int, default=None,
                    help="slices per encoder batch (default: the engine's, 8 on CUDA and 1 on CPU)")
     p.add_argument("--precision", default="auto", help="engine: auto (bf16 on CUDA), bf16 (also on CPU) or fp32")
     p.add_argument("--stop-after-empty", type=int, default=0, help="engine: stop a direction after N empty slices")
+    p.add_argument("--settle-slices", type=int, default=0,
+                   help="engine: a correction re-propagates until N slices come out unchanged (0 = to the ends)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's); on a "
                    "small shared CPU use 1: oversubscribed torch threads make timings slow and erratic")
     p.add_argument("--breakdown", action="store_true", help="time the engine's model parts in one more segment()")
@@ -571,8 +628,8 @@ def main(argv=None) -> int:
         "config": args.config, "image_size": args.image_size, "checkpoint": str(ckpt), "device": device,
         "volume": str(workdir / "volume.npy"), "click": fg, "background_click": bg, "workdir": str(workdir),
         "intensity": args.intensity, "encode_batch_size": args.encode_batch_size, "threads": args.threads,
-        "precision": args.precision, "stop_after_empty": args.stop_after_empty,
-        "breakdown": args.breakdown,
+        "precision": args.precision, "stop_after_empty": args.stop_after_empty, "settle_slices": args.settle_slices,
+        "breakdown": args.breakdown, "directions": args.directions, "seed": args.seed,
     }
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job, indent=2))
@@ -605,10 +662,12 @@ def main(argv=None) -> int:
         r = results[n]
         r["mask_voxels"] = int(m.sum())
         r["dice_vs_truth"] = dice(m, truth)
-        if n != "stock" and "stock" in masks:
-            r["dice_vs_stock"] = dice(m, masks["stock"])
-            m2 = np.load(workdir / f"{n}_mask_corrective.npy")
-            r["dice_vs_stock_corrective"] = dice(m2, np.load(workdir / "stock_mask_corrective.npy"))
+        for ref in ("stock", "plain"):  # agreement with stock SAM2, and with the un-optimised engine path
+            if n != ref and ref in masks and not (ref == "plain" and n not in ENGINE_VARIANTS):
+                r[f"dice_vs_{ref}"] = dice(m, masks[ref])
+                m2, ref2 = (np.load(workdir / f"{x}_mask_corrective.npy") for x in (n, ref))
+                r[f"dice_vs_{ref}_corrective"] = dice(m2, ref2)
+                r[f"voxels_differing_vs_{ref}"] = int((m != masks[ref]).sum())
         if n == "monailabel" and "engine" in masks:
             r["dice_vs_engine"] = dice(m, masks["engine"])
         r["slices_per_s"] = args.shape[2] / r["end_to_end_s"]
@@ -620,6 +679,7 @@ def main(argv=None) -> int:
         "config": args.config, "image_size": args.image_size, "shape_ijk": list(args.shape), "slices": args.shape[2],
         "weights": str(args.checkpoint) if args.checkpoint else f"random (torch.manual_seed({args.seed}))",
         "phantom_seed": args.seed, "click_ijk": fg, "background_click_ijk": bg, "device": device,
+        "directions": args.directions, "precision": args.precision, "settle_slices": args.settle_slices,
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(),

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     s.add_argument("--count", type=int, default=3)
     d = sub.add_parser("demo-model")
     d.add_argument("out", type=Path)
-    d.add_argument("--steps", type=int, default=200)
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     args = ap.parse_args(argv)
 
     if args.cmd == "fetch":
@@ -43,11 +43,12 @@ def main(argv=None) -> int:
         ids = [p.name[:-7] for p in existing] or write_studies(args.dir, args.count, shape=(128, 128, 48))
         print(f"sample study in {args.dir}: {', '.join(ids)}")
     elif args.cmd == "demo-model":
-        from .demo_model import train_demo_model
+        from .demo_model import DEMO_STEPS, train_demo_model
 
-        r = train_demo_model(args.out, steps=args.steps,
+        r = train_demo_model(args.out, steps=args.steps or DEMO_STEPS,
                              log=lambda e: print(e, flush=True) if "val_dice" in e or e["step"] % 25 == 0 else None)
-        print(f"demo model: {r.published} (one-click Dice on a held-out phantom {r.initial_dice:.2f} -> {r.best_dice:.2f})")
+        print(f"demo model: {r.published} "
+              f"(one-click Dice on a held-out phantom {r.initial_dice:.2f} -> {r.best_dice:.2f})")
     return 0
 
 

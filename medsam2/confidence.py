@@ -32,7 +32,7 @@ def reference_memories(segmenter: Segmenter, pairs, max_per_label: int = 8) -> d
                     continue
                 truth = label == value
                 k = largest_slice(truth)
-                session = segmenter.open(image[:, :, k : k + 1])
+                session = segmenter.open(image[:, :, k : k + 1], encode=True)  # embeddings are read below
                 out, _ = prompted_memory(segmenter.model, session, mask=truth[:, :, k].T)
                 memories.setdefault(value, []).append(MemoryEntry(
                     key=len(memories.get(value, [])), feature=out["maskmem_features"].float().mean(0).flatten(),

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-cases", type=int, default=None)
     r.add_argument("--device", default="auto", help="cuda, cpu or auto")
     r.add_argument("--intensity", default="auto", help="as the server's --conf intensity")
+    r.add_argument("--directions", default="independent", help="as the server's --conf directions")
+    r.add_argument("--settle-slices", type=int, default=0, help="as the server's --conf settle_slices")
+    r.add_argument("--precision", default="auto", help="as the server's --conf precision")
     r.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: ./evaluation)")
     r.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("make-phantoms", help="write synthetic phantoms as a datastore folder")
@@ -78,8 +81,9 @@ def run(args) -> int:
     try:
         spec = resolve_spec(args.checkpoint, args.model_config, args.image_size, args.model_dir)
         device = pick_device(args.device)
-        segmenter = Segmenter(build_model(spec, device=device), intensity=args.intensity)
-    except CheckpointError as e:
+        segmenter = Segmenter(build_model(spec, device=device), intensity=args.intensity, directions=args.directions,
+                              settle_slices=args.settle_slices, precision=args.precision)
+    except (CheckpointError, ValueError) as e:
         return _fail(str(e))
     structures = read_structures(args.data, json.loads(args.labels) if args.labels else None)
     settings = RunSettings(protocol, list(args.policy), args.tolerance_mm, args.seed, structures)
@@ -88,7 +92,9 @@ def run(args) -> int:
         "model_config": spec.model_config, "image_size": int(segmenter.model.image_size), "device": str(device),
         "policies": settings.policies, "protocol": protocol.name, "corrections": protocol.corrections,
         "box_jitter": protocol.box_jitter, "key_slice": protocol.key_slice, "tolerance_mm": args.tolerance_mm,
-        "seed": args.seed, "intensity": args.intensity, "structures": structures, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seed": args.seed, "intensity": args.intensity, "directions": args.directions,
+        "settle_slices": args.settle_slices, "precision": args.precision, "structures": structures,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     t0 = time.perf_counter()
     records = evaluate_cases(segmenter, cases, settings, progress=not args.no_progress)

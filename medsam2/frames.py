@@ -84,7 +84,9 @@ class Intensity:
             lo, hi = rule.percentiles
             t = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
         out = t(volume)
-        return torch.as_tensor(out, dtype=torch.float32)
+        # MONAI returns a MetaTensor: every later torch op on it (the whole image encoder, training's
+        # track steps) would go through its Python-level __torch_function__. Keep a plain tensor.
+        return torch.as_tensor(out, dtype=torch.float32).as_subclass(torch.Tensor)
 
 
 def scale_volume(volume, intensity: Intensity | str | None = None, device: torch.device | str = "cpu") -> torch.Tensor:

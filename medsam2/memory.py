@@ -17,9 +17,12 @@ always the prompted slices stay in memory (SAM2 keeps them as conditioning frame
 slices of a volume are the most informative memory there is, and a bank that rejects them as
 redundant would lose them. Set it to 0 for MedSAM-2's pure bank.
 
-A policy object serves one tracked object; VolumePredictor calls `memory_for` before each slice and
-`observe` after it (see predictor.py). The bank itself (`MemoryBank`) works on plain tensors so it
-can be tested with hand-made vectors and reused by One-Prompt segmentation.
+A policy object serves one tracked object; before each slice it `choose`s the frames for SAM2's
+recency slots, and after it `observe`s the new memory. `sam2_memory_plan` turns SAM2's rule (or a
+policy's choice) into frame indices for the batched tracker (tracker.py); VolumePredictor uses the
+same choice through `memory_for`, a view of SAM2's output dict (predictor.py). The bank itself
+(`MemoryBank`) works on plain tensors so it can be tested with hand-made vectors and reused by
+One-Prompt segmentation.
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ def frame_confidence(out: dict) -> float:
 
 
 class SelfSortingPolicy:
-    """MedSAM-2's memory for 3D propagation: one bank per tracked object."""
+    """MedSAM-2's memory for 3D propagation: one bank per tracked object (per direction when the two
+    directions are tracked independently)."""
 
     def __init__(self, capacity: int = 16, slots: int = 6, keep_last: int = 1, min_confidence: float = 0.5,
                  margin: float = 0.1):
@@ -109,26 +113,91 @@ class SelfSortingPolicy:
         self.slots = int(slots)
         self.keep_last = int(keep_last)
 
+    def choose(self, tracked, frame_idx: int, reverse: bool, embedding: torch.Tensor) -> list[int]:
+        """Frames for SAM2's recency slots, nearest slot first: the `keep_last` preceding slices (when
+        tracked), then the bank entries most relevant to this slice."""
+        step = -1 if reverse else 1
+        chosen = [frame_idx - step * t for t in range(1, self.keep_last + 1) if frame_idx - step * t in tracked]
+        chosen += [e.key for e in self.bank.read(embedding, self.slots - len(chosen), exclude=set(chosen))]
+        return chosen
+
+    @staticmethod
+    def slot_frames(chosen: list[int], frame_idx: int, reverse: bool) -> dict[int, int]:
+        """{slot frame: chosen frame}: the n-th choice sits where SAM2 looks for the frame n+1 slices back."""
+        step = -1 if reverse else 1
+        return {frame_idx - step * (n + 1): k for n, k in enumerate(chosen)}
+
     def memory_for(self, output_dict: dict, frame_idx: int, reverse: bool, features) -> dict:
         """A view of `output_dict` in which SAM2's recency slots hold the chosen memories."""
-        step = -1 if reverse else 1
-        chosen: list[dict] = []
-        recent = []
-        for t in range(1, self.keep_last + 1):
-            prev = output_dict["non_cond_frame_outputs"].get(frame_idx - step * t)
-            if prev is not None:
-                recent.append(frame_idx - step * t)
-                chosen.append(prev)
-        query = features.embeddings[frame_idx]
-        for entry in self.bank.read(query, self.slots - len(chosen), exclude=set(recent)):
-            chosen.append(entry.payload)
-        slots = {frame_idx - step * (n + 1): out for n, out in enumerate(chosen)}
+        tracked = output_dict["non_cond_frame_outputs"]
+        chosen = self.choose(tracked, frame_idx, reverse, features.embeddings[frame_idx])
+        slots = {slot: tracked[k] for slot, k in self.slot_frames(chosen, frame_idx, reverse).items()}
         return {"cond_frame_outputs": output_dict["cond_frame_outputs"], "non_cond_frame_outputs": slots}
 
-    def observe(self, output_dict: dict, frame_idx: int, out: dict, features) -> None:
-        feature = out["maskmem_features"].float().mean(dim=0).flatten()
-        self.bank.write(MemoryEntry(key=frame_idx, feature=feature, embedding=features.embeddings[frame_idx],
-                                    confidence=frame_confidence(out), payload=out))
+    def observe(self, frame_idx: int, maskmem_features: torch.Tensor, embedding: torch.Tensor,
+                confidence: float) -> None:
+        """Offer a tracked slice's memory (its features, image embedding and confidence) to the bank."""
+        self.bank.write(MemoryEntry(key=frame_idx, feature=maskmem_features.float().flatten(), embedding=embedding,
+                                    confidence=confidence))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What one slice attends to, as frame indices: spatial memories with the index of their temporal
+    encoding in `maskmem_tpos_enc`, and object pointers with their temporal distance."""
+
+    memories: tuple[tuple[int, int], ...]
+    pointers: tuple[tuple[int, int], ...]
+
+    @property
+    def shape_key(self) -> tuple[int, int]:
+        return len(self.memories), len(self.pointers)
+
+
+def sam2_memory_plan(model, frame_idx: int, reverse: bool, cond_frames, slots: dict[int, int],
+                     num_frames: int) -> MemoryPlan:
+    """SAM2's choice of memories for `frame_idx` (`SAM2Base._prepare_memory_conditioned_features` in
+    evaluation), written over frame indices so that a batched tracker can gather the tensors itself.
+
+    `cond_frames` are the prompted frames; `slots` maps each frame SAM2 would look up among the
+    non-conditioning outputs to the frame whose memory is there (identity for SAM2's own rule, the
+    chosen frames for a memory policy)."""
+    from sam2.modeling.sam2_utils import select_closest_cond_frames
+
+    n_mem = model.num_maskmem
+    selected, unselected = select_closest_cond_frames(frame_idx, {t: t for t in cond_frames},
+                                                      model.max_cond_frames_in_attn)
+    memories = [(t, n_mem - 1) for t in selected]  # conditioning frames: t_pos 0
+    r = 1 if model.training else model.memory_temporal_stride_for_eval
+    for t_pos in range(1, n_mem):
+        t_rel = n_mem - t_pos
+        if t_rel == 1:
+            prev = frame_idx + 1 if reverse else frame_idx - 1
+        elif reverse:
+            prev = -(-(frame_idx + 2) // r) * r + (t_rel - 2) * r
+        else:
+            prev = ((frame_idx - 2) // r) * r - (t_rel - 2) * r
+        source = slots.get(prev, unselected.get(prev))
+        if source is not None:
+            memories.append((source, n_mem - t_pos - 1))
+    pointers = []
+    if model.use_obj_ptrs_in_encoder:
+        max_ptrs = min(num_frames, model.max_obj_ptrs_in_encoder)
+        past_only = not model.training and model.only_obj_ptrs_in_the_past_for_eval
+        sign = -1 if reverse else 1
+        for t in selected:
+            if past_only and not (t >= frame_idx if reverse else t <= frame_idx):
+                continue
+            pointers.append((t, (frame_idx - t) * sign if model.use_signed_tpos_enc_to_obj_ptrs
+                             else abs(frame_idx - t)))
+        for t_diff in range(1, max_ptrs):
+            t = frame_idx + t_diff if reverse else frame_idx - t_diff
+            if t < 0 or t >= num_frames:
+                break
+            source = slots.get(t, unselected.get(t))
+            if source is not None:
+                pointers.append((source, t_diff))
+    return MemoryPlan(tuple(memories), tuple(pointers))
 
 
 POLICIES = {

@@ -104,7 +104,7 @@ class OnePromptSegmenter:
             raise BankError(f"no example of '{label}' yet" + (" for the current model weights" if stale else "") +
                             ": prompt one image (clicks or a box) for this label first")
         I, J = image.shape
-        session = self.segmenter.open(image[:, :, None])
+        session = self.segmenter.open(image[:, :, None], encode=True)  # embeddings are read below
         features = session.features
         with self.segmenter.autocast():
             if prompt is not None:
@@ -114,7 +114,8 @@ class OnePromptSegmenter:
                 chosen = bank.read(features.embeddings[0], self.slots)
                 out, logits = segment_from_memories(self.model, session, chosen)
                 used = len(chosen)
-        entry = MemoryEntry(key=f"{label}:{len(bank.entries)}", feature=out["maskmem_features"].float().mean(0).flatten(),
+        entry = MemoryEntry(key=f"{label}:{len(bank.entries)}",
+                            feature=out["maskmem_features"].float().mean(0).flatten(),
                             embedding=features.embeddings[0].clone(), confidence=frame_confidence(out),
                             prompted=prompt is not None, payload={k: out[k] for k in PAYLOAD_KEYS})
         stored = add_to_bank and bank.write(entry)

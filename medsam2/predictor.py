@@ -1,25 +1,25 @@
 """SAM2's video predictor, fed from a volume in memory instead of a JPEG folder.
 
 `VolumePredictor` subclasses `sam2.SAM2VideoPredictor` and changes three things only:
-- the inference state is built from `FrameFeatures` (backbone features of every slice, computed in
-  batches once per image and reused by every later click) instead of from decoded JPEGs;
+- the inference state is built from `FrameFeatures` (features.py: backbone features of every slice,
+  computed in batches once per image and reused by every later click) instead of from decoded JPEGs;
 - a memory policy, when the state names one, chooses which past frames each slice attends to
   (see `memory.py`); without one, SAM2's own rule (prompted frames + most recent frames) applies;
 - the decoder's predicted IoU is kept in each frame's output, as a confidence for memory policies
   and active-learning scores.
-Everything else (prompt encoding, memory attention, the memory encoder) is SAM2's code.
+Everything else (prompt encoding, memory attention, the memory encoder) is SAM2's code. This is the
+plain, one-slice-at-a-time path; tracker.py runs the same model batched and, on CUDA, graphed.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 
-import torch
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-from .frames import frames_from_scaled
+from .features import FrameFeatures
+from .memory import frame_confidence
 
 _captured = threading.local()  # decoder outputs of the frame just processed, per thread
 
@@ -28,71 +28,6 @@ def last_decoder_outputs():
     """(low_res_multimasks, high_res_multimasks, ious, low_res, high_res, obj_ptr, object_score_logits)
     of the latest track step in this thread: SAM2's track_step returns masks but drops IoUs."""
     return getattr(_captured, "sam_outputs", None)
-
-
-class FrameFeatures:
-    """Image-encoder features of all slices of one volume, computed in batches and kept.
-
-    Only the feature pyramid is stored per slice; the positional encodings are the same for every
-    slice and kept once. The normalised frames are built chunk by chunk and dropped after encoding,
-    so a 300-slice volume never holds all its 1024 px frames at once.
-    """
-
-    def __init__(self, model, scaled_volume: torch.Tensor, batch_size: int = 8):
-        self.model = model
-        self.scaled = scaled_volume  # (I, J, K) in [0, 1], on the compute device
-        self.num_frames = int(scaled_volume.shape[2])
-        self.batch_size = max(1, int(batch_size))
-        self.levels: list[torch.Tensor] | None = None  # per level: (K, C, H, W)
-        self.pos: list[torch.Tensor] | None = None  # per level: (1, C, H, W)
-        self.encoded = torch.zeros(self.num_frames, dtype=torch.bool)
-        self.embeddings: torch.Tensor | None = None  # (K, C) pooled lowest-resolution features
-        self.encode_s = 0.0  # seconds spent in the image encoder so far
-        self._lock = threading.Lock()
-
-    @torch.inference_mode()
-    def ensure(self, frame_indices=None) -> None:
-        """Encode the given frames (all when None) that are not encoded yet, in batches."""
-        wanted = range(self.num_frames) if frame_indices is None else sorted(set(int(k) for k in frame_indices))
-        with self._lock:
-            t0 = time.perf_counter()
-            todo = [k for k in wanted if not self.encoded[k]]
-            for start in range(0, len(todo), self.batch_size):
-                ks = todo[start : start + self.batch_size]
-                frames = frames_from_scaled(self.scaled, ks, self.model.image_size)
-                out = self.model.forward_image(frames)
-                fpn = out["backbone_fpn"]
-                if self.levels is None:
-                    self.levels = [
-                        torch.empty((self.num_frames, *f.shape[1:]), dtype=f.dtype, device=f.device) for f in fpn
-                    ]
-                    self.pos = [p[:1].clone() for p in out["vision_pos_enc"]]
-                    self.embeddings = torch.zeros(
-                        (self.num_frames, fpn[-1].shape[1]), dtype=torch.float32, device=fpn[-1].device
-                    )
-                idx = torch.tensor(ks, device=fpn[0].device)
-                for level, f in zip(self.levels, fpn):
-                    level[idx] = f
-                self.embeddings[idx] = fpn[-1].float().mean(dim=(2, 3))
-                self.encoded[ks] = True
-            self.encode_s += time.perf_counter() - t0
-            if frame_indices is None and self.encoded.all():
-                self.scaled = None  # not needed any more: free it
-
-    def backbone_out(self, frame_idx: int) -> dict:
-        if not self.encoded[frame_idx]:
-            self.ensure([frame_idx])
-        return {
-            "backbone_fpn": [level[frame_idx : frame_idx + 1] for level in self.levels],
-            "vision_pos_enc": list(self.pos),
-        }
-
-    @property
-    def nbytes(self) -> int:
-        n = sum(t.numel() * t.element_size() for t in (self.levels or []) + (self.pos or []))
-        if self.scaled is not None:
-            n += self.scaled.numel() * self.scaled.element_size()
-        return n
 
 
 class VolumePredictor(SAM2VideoPredictor):
@@ -144,6 +79,7 @@ class VolumePredictor(SAM2VideoPredictor):
         policy = inference_state.get("memory_policy")
         memory = output_dict
         if policy is not None and not is_init_cond_frame:
+            inference_state["features"].ensure([frame_idx])  # the policy reads the slice's embedding
             memory = policy.memory_for(output_dict, frame_idx, reverse, inference_state["features"])
         _captured.iou = None
         out, pred_masks = super()._run_single_frame_inference(
@@ -152,5 +88,6 @@ class VolumePredictor(SAM2VideoPredictor):
         )
         out["iou"] = _captured.iou
         if policy is not None and run_mem_encoder and out["maskmem_features"] is not None:
-            policy.observe(output_dict, frame_idx, out, inference_state["features"])
+            features = inference_state["features"]
+            policy.observe(frame_idx, out["maskmem_features"][0], features.embeddings[frame_idx], frame_confidence(out))
         return out, pred_masks

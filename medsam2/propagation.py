@@ -2,24 +2,35 @@
 
 A `VolumeSession` is one opened image: its scaled volume and the encoder features of its slices
 (kept for later clicks on the same image). `Segmenter.segment` takes the prompts of one request and
-returns a label volume: each object is tracked from its first prompted slice towards the end of the
-volume, then from the same slice back to the start, so slices on both sides are segmented; the other
-prompted slices act as extra conditioning frames. Objects are tracked in separate states over the
-shared features, so each follows its own key slice.
+returns a label volume. Each object's prompted slices are segmented from their prompts by SAM2's
+own code; the object is then tracked from its first prompted slice to the end of the volume and
+from the same slice back to the start, the other prompted slices acting as extra conditioning
+frames. Two engines do the tracking, with the same masks (up to float rounding):
+- "batched" (default): tracker.py, all objects and both directions advance together, one batched
+  step per slice, replayed as CUDA graphs on a GPU while the encoder fills in slices alongside;
+- "plain": SAM2's `propagate_in_video`, one slice of one object at a time (the reference).
+`directions` chooses whether the backward pass sees the forward pass's slices (tracker.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from .features import FrameFeatures
 from .frames import Intensity, scale_volume
-from .predictor import FrameFeatures, VolumePredictor
+from .predictor import VolumePredictor
 from .prompts import ObjectPrompt
+from .track_step import GraphedSteps, SliceStep
+from .tracker import DIRECTIONS, UNTRACKED, Lane, LaneTracker, TrackBanks
+
+ENGINES = ("batched", "plain")
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -29,17 +40,31 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 @dataclass
+class ObjectTrack:
+    """The last result for one label on a session: what it was prompted with and its per-slice outputs,
+    so the same prompts again are answered at once and a correction can re-propagate only as far as
+    the masks change (`settle_slices`)."""
+
+    signature: tuple
+    lowres: torch.Tensor  # (K, 1, h, w) low-resolution mask logits
+    scores: np.ndarray  # (K,) object-score logits
+    ious: np.ndarray  # (K,) predicted IoUs
+
+
+@dataclass
 class VolumeSession:
-    """One opened volume: shape and the cached encoder features of its slices."""
+    """One opened volume: shape, the cached encoder features of its slices, the last track per label."""
 
     shape: tuple[int, int, int]  # (I, J, K)
     features: FrameFeatures
     opened_s: float = 0.0
     header: object = None  # whatever the caller needs to write results (e.g. the image's geometry)
+    tracks: dict[str, ObjectTrack] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return self.features.nbytes
+        tracks = list(self.tracks.values())  # a copy: another request's segment() may add a label meanwhile
+        return self.features.nbytes + sum(t.lowres.numel() * t.lowres.element_size() for t in tracks)
 
 
 @dataclass
@@ -65,10 +90,24 @@ class Segmenter:
     the CPU has bf16 units, masks within ~1% Dice of fp32); "fp32" everywhere.
     stop_after_empty: stop a direction after this many consecutive slices without the object (0 = never):
     the slices beyond are left empty and never encoded, but a structure that reappears is missed.
+    engine: "batched" or "plain" (module docstring).
+    directions: "independent" (the two directions do not see each other) or "sequential" (stock SAM2).
+    settle_slices: after a correction, a direction stops once this many consecutive slices come out as
+    they were in the label's previous result (at most `settle_tolerance` of their pixels differing, no
+    prompted slice still ahead) and keeps the previous masks beyond (0 = always re-propagate to the end;
+    batched engine only). The same prompts again are always answered from the previous result.
+    GPU-only options, off by default because no GPU was available to verify them yet (check them with
+    `python -m benchmarks.speed --paths plain,engine,engine-graphs`, which reports their masks' Dice
+    against the plain path): cuda_graphs replays the batched step as CUDA graphs; overlap_encoding
+    encodes slices on a second stream while propagation runs (otherwise a GPU encodes every slice up
+    front); offload_levels keeps those feature-pyramid levels in pinned host memory (features.py).
     """
 
     def __init__(self, model: VolumePredictor, encode_batch_size: int | None = None,
-                 intensity: Intensity | str | None = None, precision: str = "auto", stop_after_empty: int = 0):
+                 intensity: Intensity | str | None = None, precision: str = "auto", stop_after_empty: int = 0,
+                 engine: str = "batched", directions: str = "independent", settle_slices: int = 0,
+                 settle_tolerance: float = 0.01, cuda_graphs: bool = False, overlap_encoding: bool = False,
+                 offload_levels=()):
         self.model = model.eval()
         self.device = model.device
         on_gpu = self.device.type == "cuda"
@@ -77,8 +116,22 @@ class Segmenter:
         self.intensity = Intensity.parse(intensity)
         if precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if directions not in DIRECTIONS:
+            raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
         self.dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and on_gpu)) else None
         self.stop_after_empty = int(stop_after_empty)
+        self.settle_slices = int(settle_slices)
+        self.settle_tolerance = float(settle_tolerance)
+        self.engine = engine
+        self.directions = directions
+        self.offload_levels = tuple(int(v) for v in offload_levels)
+        self.use_graphs = bool(cuda_graphs) and on_gpu
+        self.overlap_encoding = bool(overlap_encoding) and on_gpu
+        self._steps: GraphedSteps | None = None
+        self._steps_lock = threading.Lock()  # graphed steps share static buffers: one propagation at a time
+        self._make_lock = threading.Lock()
 
     def autocast(self):
         if self.dtype is None:
@@ -86,12 +139,16 @@ class Segmenter:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
-    def open(self, volume, intensity=None, encode: bool = True) -> VolumeSession:
-        """Scale the volume and (by default) encode all its slices now."""
+    def open(self, volume, intensity=None, encode: bool | None = None) -> VolumeSession:
+        """Scale the volume on the compute device; with `encode`, also encode all its slices now, in
+        batches (otherwise each slice is encoded when first needed). By default a GPU encodes up front
+        (unless it overlaps encoding with propagation) and a CPU on demand."""
+        if encode is None:
+            encode = self.device.type == "cuda" and not self.overlap_encoding
         t0 = time.perf_counter()
         rule = Intensity.parse(intensity) if intensity is not None else self.intensity
         scaled = scale_volume(volume, rule, self.device)
-        features = FrameFeatures(self.model, scaled, self.encode_batch_size)
+        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.offload_levels)
         if encode:
             with self.autocast():
                 features.ensure()
@@ -99,58 +156,167 @@ class Segmenter:
                              opened_s=time.perf_counter() - t0)
 
     @torch.inference_mode()
-    def segment(self, session: VolumeSession, objects: list[ObjectPrompt], memory_policy_factory=None) -> SegmentationResult:
-        """Prompt and propagate every object; returns the label volume in (I, J, K) order."""
+    def segment(self, session: VolumeSession, objects: list[ObjectPrompt],
+                memory_policy_factory=None) -> SegmentationResult:
+        """Prompt and propagate every object; returns the label volume in (I, J, K) order.
+
+        An object prompted exactly as last time on this session is not tracked again. timings:
+        prompted_s (until the prompted slices' masks exist, the GPU synchronised), propagate_s (the
+        whole call, including encoding slices that were not encoded yet); batched engine: steps, slices
+        (tracked, all lanes), settled (given their previous masks)."""
         t0 = time.perf_counter()
         I, J, K = session.shape
-        best = None  # (K, J, I) best logit so far, only needed when objects may overlap
-        label = torch.zeros((K, J, I), dtype=torch.uint8 if max(o.value for o in objects) < 256 else torch.int32,
-                            device=self.device)
-        results = []
+        signatures = [self._signature(obj, memory_policy_factory) for obj in objects]
+        previous = [session.tracks.get(obj.label) for obj in objects]
+        todo = [n for n, (sig, prev) in enumerate(zip(signatures, previous)) if prev is None or prev.signature != sig]
         with self.autocast():
-            for obj in objects:
-                logits, scores, ious = self._track(session, obj, memory_policy_factory)
-                if obj.roi is not None and obj.roi[5] > obj.roi[4]:
-                    i0, i1, j0, j1, k0, k1 = obj.roi  # a 3D roi bounds the structure
-                    keep = torch.zeros_like(logits, dtype=torch.bool)
-                    keep[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] = True
-                    logits = torch.where(keep, logits, torch.full_like(logits, -1e4))
-                mask = logits > 0
-                if len(objects) > 1:
-                    if best is None:
-                        best = torch.full_like(logits, -1e4)
-                    mask &= logits > best
-                    best = torch.where(mask, logits, best)
-                label[mask] = obj.value
-                slices = torch.nonzero(mask.flatten(1).any(dim=1)).flatten().tolist()
-                results.append(ObjectResult(obj.label, obj.value, slices, scores, ious))
-        out = label.permute(2, 1, 0).cpu().numpy()
-        return SegmentationResult(label=out, objects=results, timings={"propagate_s": time.perf_counter() - t0})
+            states = {n: self._prompt(session, objects[n], memory_policy_factory) for n in todo}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        prompted_s = time.perf_counter() - t0
+        per_object = {n: (prev.lowres, prev.scores, prev.ious) for n, prev in enumerate(previous) if n not in states}
+        counts = {"reused": len(objects) - len(todo)}
+        if not todo:
+            pass
+        elif self.engine == "plain":
+            for n in todo:
+                per_object[n] = self._track_plain(session, objects[n], states[n], memory_policy_factory)
+        else:
+            hints = [previous[n] if self.settle_slices else None for n in todo]
+            tracked, stats = self._track_batched(session, [objects[n] for n in todo], [states[n] for n in todo],
+                                                 memory_policy_factory, hints)
+            per_object.update(zip(todo, tracked))
+            counts.update(steps=stats.steps, slices=stats.slices, step_shapes=len(stats.shapes), settled=stats.settled)
+        per_object = [per_object[n] for n in range(len(objects))]
+        for obj, sig, (lowres, scores, ious) in zip(objects, signatures, per_object):
+            session.tracks[obj.label] = ObjectTrack(sig, lowres.clone(), scores, ious)
+        label, results = self._assemble(session, objects, per_object)
+        return SegmentationResult(label=label, objects=results,
+                                  timings={"prompted_s": prompted_s, "propagate_s": time.perf_counter() - t0, **counts})
 
-    def _track(self, session: VolumeSession, obj: ObjectPrompt, memory_policy_factory=None):
-        """(K, J, I) float logits, per-slice object scores and IoUs for one object."""
+    def _signature(self, obj: ObjectPrompt, memory_policy_factory) -> tuple:
+        """Everything that decides an object's track: its prompts and the settings that shape propagation."""
+        clicks = tuple((k, tuple(v)) for k, v in sorted(obj.clicks.items()))
+        return (clicks, obj.box, obj.roi, repr(memory_policy_factory), self.engine, self.directions,
+                self.stop_after_empty, self.settle_slices, self.settle_tolerance, str(self.dtype))
+
+    # ---------------------------------------------------------------------------------- prompting
+
+    def _prompt(self, session: VolumeSession, obj: ObjectPrompt, memory_policy_factory=None) -> dict:
+        """A SAM2 state holding the object's prompted slices, segmented and memory-encoded by SAM2."""
         I, J, K = session.shape
         policy = memory_policy_factory() if memory_policy_factory else None
         state = self.model.init_volume_state(session.features, height=J, width=I, memory_policy=policy)
-        logits = torch.full((K, J, I), -1e4, dtype=torch.float32, device=self.device)
         for k in obj.frames:
             points, labels, box = obj.frame_inputs(k)
             self.model.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=points, labels=labels, box=box)
-        start = obj.frames[0]
+        self.model.propagate_in_video_preflight(state)
+        return state
+
+    # ---------------------------------------------------------------------------------- plain engine
+
+    def _track_plain(self, session: VolumeSession, obj: ObjectPrompt, state: dict, memory_policy_factory=None):
+        """SAM2's propagate_in_video both ways: (K, 1, h, w) low-resolution logits, object scores and IoUs."""
+        start, K = obj.frames[0], session.shape[2]
+        outputs = []
         for reverse in (False, True):
+            if reverse and self.directions == "independent":  # a fresh state: the backward pass starts afresh
+                with self.autocast():
+                    state = self._prompt(session, obj, memory_policy_factory)
             empty_run = 0
-            for k, _, video_res in self.model.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
-                logits[k] = video_res[0, 0].float()
-                empty_run = 0 if bool((logits[k] > 0).any()) or k in obj.frames else empty_run + 1
-                prompted_ahead = any(f < k if reverse else f > k for f in obj.frames)
-                if self.stop_after_empty and empty_run >= self.stop_after_empty and not prompted_ahead:
-                    break
-        outputs = state["output_dict_per_obj"][0]
+            with self.autocast():
+                for k, _, video_res in self.model.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+                    empty_run = 0 if bool((video_res > 0).any()) or k in obj.frames else empty_run + 1
+                    prompted_ahead = any(f < k if reverse else f > k for f in obj.frames)
+                    if self.stop_after_empty and empty_run >= self.stop_after_empty and not prompted_ahead:
+                        break
+            outputs.append(state["output_dict_per_obj"][0])
+        h, w = next(iter(outputs[0]["cond_frame_outputs"].values()))["pred_masks"].shape[-2:]
+        lowres = torch.full((K, 1, h, w), UNTRACKED, dtype=torch.float32, device=self.device)
         scores = np.full(K, np.nan, dtype=np.float32)
         ious = np.full(K, np.nan, dtype=np.float32)
-        for frame_outputs in (outputs["non_cond_frame_outputs"], outputs["cond_frame_outputs"]):
-            for k, out in frame_outputs.items():
-                scores[k] = float(out["object_score_logits"].flatten()[0])
-                if out.get("iou") is not None:
-                    ious[k] = float(out["iou"].flatten()[0])
-        return logits, scores, ious
+        for out_dict in outputs:
+            for frames in (out_dict["non_cond_frame_outputs"], out_dict["cond_frame_outputs"]):
+                for k, out in frames.items():
+                    lowres[k] = out["pred_masks"][0].to(self.device).float()
+                    scores[k] = float(out["object_score_logits"].flatten()[0])
+                    if out.get("iou") is not None:
+                        ious[k] = float(out["iou"].flatten()[0])
+        return lowres, scores, ious
+
+    # ---------------------------------------------------------------------------------- batched engine
+
+    def _graphed_steps(self, session: VolumeSession, cond_out: dict) -> GraphedSteps:
+        """The step runner, made once (its positional encodings are the same for every volume)."""
+        with self._make_lock:
+            if self._steps is None:
+                step = SliceStep(self.model, session.features.pos[-1].clone(),
+                                 cond_out["maskmem_pos_enc"][-1].clone())
+                self._steps = GraphedSteps(step, self.use_graphs, self.dtype)
+        return self._steps
+
+    def _track_batched(self, session: VolumeSession, objects, states, memory_policy_factory=None, hints=None):
+        I, J, K = session.shape
+        conds = [s["output_dict_per_obj"][0]["cond_frame_outputs"] for s in states]
+        first = next(iter(conds[0].values()))
+        banks = TrackBanks(len(objects), K, first["maskmem_features"].shape[1:], first["obj_ptr"].shape[-1],
+                           first["pred_masks"].shape[-2:], self.device)
+        for n, cond in enumerate(conds):
+            for k, out in cond.items():
+                banks.put(banks.row(n, k), out)
+        lanes_fwd, lanes_bwd = [], []
+        for n, (obj, state) in enumerate(zip(objects, states)):
+            start, cond = obj.frames[0], tuple(sorted(conds[n]))
+            hint = hints[n] if hints else None
+            fwd = Lane(n, False, list(range(start + 1, K)), cond, {}, state.get("memory_policy"), hint)
+            if self.directions == "sequential":  # SAM2's order: backwards sees the forward slices
+                bwd = Lane(n, True, list(range(start - 1, -1, -1)), cond, fwd.tracked, fwd.policy, hint)
+            else:
+                policy = memory_policy_factory() if memory_policy_factory else None
+                bwd = Lane(n, True, list(range(start - 1, -1, -1)), cond, {}, policy, hint)
+            lanes_fwd.append(fwd)
+            lanes_bwd.append(bwd)
+        phases = [lanes_fwd, lanes_bwd] if self.directions == "sequential" else [lanes_fwd + lanes_bwd]
+        # graphed steps share static buffers: one propagation at a time (eager steps share nothing)
+        with self._steps_lock if self.use_graphs else contextlib.nullcontext(), self.autocast():
+            steps = self._graphed_steps(session, first)
+            tracker = LaneTracker(self.model, steps, session.features, banks, (J, I), self.stop_after_empty,
+                                  self.settle_slices, self.settle_tolerance, overlap_encoding=self.overlap_encoding)
+            stats = tracker.run(phases)
+        scores = banks.score.cpu().numpy()
+        ious = banks.iou.cpu().numpy()
+        rows = [banks.object_slices(n) for n in range(len(objects))]
+        per_object = [(banks.lowres[r], scores[r], ious[r]) for r in rows]
+        return per_object, stats
+
+    # ---------------------------------------------------------------------------------- the label
+
+    def _assemble(self, session: VolumeSession, objects, per_object, chunk: int = 32):
+        """Low-resolution logits -> the label at the image's size: upsampled as SAM2 does, bounded
+        by a 3D roi, overlapping objects resolved by the larger logit; in chunks of slices."""
+        I, J, K = session.shape
+        dtype = torch.uint8 if max(o.value for o in objects) < 256 else torch.int32
+        label = torch.zeros((K, J, I), dtype=dtype, device=self.device)
+        present = torch.zeros((len(objects), K), dtype=torch.bool, device=self.device)
+        for a in range(0, K, chunk):
+            b = min(K, a + chunk)
+            best = None
+            for n, (obj, (lowres, _, _)) in enumerate(zip(objects, per_object)):
+                logits = F.interpolate(lowres[a:b], size=(J, I), mode="bilinear", align_corners=False)[:, 0]
+                if obj.roi is not None and obj.roi[5] > obj.roi[4]:
+                    i0, i1, j0, j1, k0, k1 = obj.roi  # a 3D roi bounds the structure
+                    keep = torch.zeros_like(logits, dtype=torch.bool)
+                    keep[max(k0 - a, 0) : max(k1 + 1 - a, 0), j0 : j1 + 1, i0 : i1 + 1] = True
+                    logits = torch.where(keep, logits, torch.full_like(logits, UNTRACKED))
+                mask = logits > 0
+                if len(objects) > 1:
+                    if best is None:
+                        best = torch.full_like(logits, UNTRACKED)
+                    mask &= logits > best
+                    best = torch.where(mask, logits, best)
+                label[a:b][mask] = obj.value
+                present[n, a:b] = mask.flatten(1).any(dim=1)
+        present = present.cpu().numpy()
+        results = [ObjectResult(obj.label, obj.value, np.nonzero(present[n])[0].tolist(), scores, ious)
+                   for n, (obj, (_, scores, ious)) in enumerate(zip(objects, per_object))]
+        return label.permute(2, 1, 0).cpu().numpy(), results

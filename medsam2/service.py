@@ -9,6 +9,7 @@ while the same model version serves the same image.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -78,6 +79,12 @@ class ModelProvider:
             return self._segmenter, self._version
 
 
+def version_id(version: tuple) -> str:
+    """A short name for a ModelProvider version (config, size, weights file and its mtime/size), so a
+    client can tell which weights served a result without seeing server paths."""
+    return hashlib.sha256(repr(version).encode()).hexdigest()[:12]
+
+
 class InteractiveSegmenter:
     def __init__(self, provider: ModelProvider, cache: SessionCache):
         self.provider = provider
@@ -90,9 +97,10 @@ class InteractiveSegmenter:
 
         def opener():
             volume, header = load()
-            # a GPU encodes every slice up front in batches; a CPU encodes each slice when first needed
-            session = segmenter.open(volume, intensity, encode=segmenter.device.type == "cuda")
+            # a GPU encodes every slice up front in batches (or alongside propagation); a CPU when needed
+            session = segmenter.open(volume, intensity)
             session.header = header
+            session.model_version = version_id(version)  # reported with each result
             return session
 
         session, cached = self.cache.get_or_open((session_key, version, str(intensity)), opener)
@@ -104,6 +112,7 @@ class InteractiveSegmenter:
         (encode_s: image-encoder seconds this request paid, up front or during propagation)."""
         encoded_before = session.features.encode_s if cached else 0.0
         result = segmenter.segment(session, objects, memory_policy_factory)
+        self.cache.trim(keep=session)  # slices encoded on demand have grown the session: re-check the budget
         stats = {
             "cached_features": cached,
             "encode_s": round(session.features.encode_s - encoded_before, 4),
@@ -111,5 +120,10 @@ class InteractiveSegmenter:
             "cache_entries": len(self.cache),
             "cache_mb": round(self.cache.nbytes / 2**20, 1),
             "device": str(segmenter.device),
+            # slices tracked, and slices answered from this label's previous result (same prompts, or settled)
+            "tracked_slices": result.timings.get("slices"),
+            "reused_objects": result.timings.get("reused", 0),
+            "settled_slices": result.timings.get("settled", 0),
+            "model_version": getattr(session, "model_version", None),
         }
         return result, stats

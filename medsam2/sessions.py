@@ -40,7 +40,13 @@ class SessionCache:
                 self.hits += 1
                 return entry, True
             self.misses += 1
-            entry = opener()
+            try:
+                entry = opener()
+            except BaseException:
+                with self._lock:  # nothing was opened: forget the key's lock too
+                    if key not in self._entries:
+                        self._opening.pop(key, None)
+                raise
             self.put(key, entry)
             return entry, False
 
@@ -57,6 +63,13 @@ class SessionCache:
             oldest = next(k for k in self._entries if k != keep)
             del self._entries[oldest]
             self._opening.pop(oldest, None)
+
+    def trim(self, keep=None) -> None:
+        """Evict least-recently-used entries again, sparing the entry `keep` (an entry object): entries
+        grow after they are put, as slices are encoded on demand."""
+        with self._lock:
+            key = next((k for k, e in self._entries.items() if e is keep), None)
+            self._evict(keep=key)
 
     def _total(self) -> int:
         return sum(getattr(e, "nbytes", 0) for e in self._entries.values())

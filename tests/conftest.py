@@ -7,11 +7,8 @@ would, with a checkpoint the tests made themselves (no weights can be downloaded
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,14 +16,10 @@ import requests
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks.server import free_port, launch_server, stop_server, wait_for_task  # noqa: E402,F401 (re-exported)
+
 CACHE = REPO / ".cache" / "test-models"
-DEMO_STEPS = 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +35,9 @@ def random_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_checkpoint() -> Path:
     """The micro config trained from scratch on phantoms by the project's trainer (cached in .cache/)."""
-    from medsam2.demo_model import train_demo_model
+    from medsam2.demo_model import DEMO_STEPS, train_demo_model
 
-    path = CACHE / f"demo_micro_{DEMO_STEPS}.pt"
+    path = CACHE / f"demo_micro_c2_{DEMO_STEPS}.pt"
     if not path.exists():
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         result = train_demo_model(path, steps=DEMO_STEPS, log=lambda e: None)
@@ -63,40 +56,10 @@ class Server:
                              files={"params": (None, body)}, timeout=300, **kw)
 
 
-def start_server(studies: Path, conf: dict, log: Path, env_extra: dict | None = None) -> Server:
-    port = free_port()
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(env_extra or {})
-    cmd = ["monailabel", "start_server", "--app", str(REPO / "apps" / "medsam2"), "--studies", str(studies),
-           "--host", "127.0.0.1", "--port", str(port)]
-    for k, v in conf.items():
-        cmd += ["--conf", k, str(v)]
-    out = open(log, "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                return Server(url, proc, studies, log)
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    raise RuntimeError(f"server did not answer within 180 s:\n{log.read_text()[-3000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def start_server(studies: Path, conf: dict, log: Path, env_extra: dict | None = None,
+                 ready_headers: dict | None = None) -> Server:
+    url, proc = launch_server(studies, conf, log, env_extra, ready_headers=ready_headers)
+    return Server(url, proc, studies, log)
 
 
 @pytest.fixture(scope="session")

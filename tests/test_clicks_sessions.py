@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from medsam2.clicks import bounding_box, corrective_click, interior_point, largest_slice
 from medsam2.sessions import SessionCache
@@ -73,3 +74,25 @@ def test_one_key_is_opened_once_even_when_asked_concurrently():
     [t.join() for t in threads]
     assert len(calls) == 1
     assert sorted(cached for _, cached in results) == [False, True, True, True]
+
+
+def test_entries_that_grew_after_they_were_put_are_trimmed_to_the_budget():
+    c = SessionCache(max_bytes=100)
+    a, b = Entry(40), Entry(40)
+    c.put("a", a)
+    c.put("b", b)
+    b.nbytes = 90  # b's slices were encoded on demand after it was opened
+    c.trim(keep=b)
+    assert c.keys() == ["b"]
+
+
+def test_an_open_that_fails_leaves_nothing_behind_and_can_be_retried():
+    c = SessionCache()
+
+    def broken():
+        raise OSError("unreadable")
+
+    with pytest.raises(OSError):
+        c.get_or_open("img", broken)
+    assert c.keys() == [] and c._opening == {}
+    assert c.get_or_open("img", lambda: Entry(1))[1] is False

@@ -69,7 +69,7 @@ def test_cached_features_give_identical_results(segmenter, case):
 
 def test_lazy_encoding_gives_the_same_masks_as_encoding_everything_first(segmenter, case):
     prompt = parse_objects({"foreground": [click_on(case.label == 1)]}, case.image.shape)
-    eager = segmenter.segment(segmenter.open(case.image), prompt).label
+    eager = segmenter.segment(segmenter.open(case.image, encode=True), prompt).label
     lazy = segmenter.segment(segmenter.open(case.image, encode=False), prompt).label
     assert np.array_equal(eager, lazy)
 

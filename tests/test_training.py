@@ -91,6 +91,22 @@ def test_loss_is_near_zero_for_a_perfect_prediction_and_large_for_a_wrong_one():
     assert run(two, torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([[20.0], [-20.0]]))["mask"] < 1e-3
 
 
+def test_a_2d_image_prompted_with_its_true_mask_is_a_step_with_nothing_to_learn_not_a_crash():
+    """A one-frame clip whose prompt is the true mask gives no loss term (the mask is passed through as
+    the output): the training step must go on, not fail on backward()."""
+    from medsam2.training.loop import train_step
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("sam2.1_hiera_micro"), for_training=True)
+    img = make_phantom((48, 48, 20), seed=3)
+    flat = LabelledVolume(img.image[:, :, 10], img.label[:, :, 10])
+    sampler = ClipSampler([flat], image_size=model.image_size, clip_len=8, seed=0)
+    objective = ClipObjective(model, prompts=PromptSettings(p_mask=1.0))
+    parts = train_step(objective, sampler, np.random.default_rng(0), n_clips=2, autocast=torch.enable_grad)
+    assert parts["loss"] == 0.0
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_publishing_is_atomic_for_a_concurrent_reader(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelSpec("sam2.1_hiera_micro"))

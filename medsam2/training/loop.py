@@ -114,7 +114,8 @@ def train_step(objective: ClipObjective, sampler: ClipSampler, rng: np.random.Ge
         clip = sampler.sample()
         with autocast():
             parts = objective(clip, rng)
-        (parts["loss"] / n_clips).backward()
+        if parts["loss"].requires_grad:  # a clip prompted only with true masks has nothing to learn from
+            (parts["loss"] / n_clips).backward()
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / n_clips
     return parts_sum
@@ -144,7 +145,8 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     volumes = [LabelledVolume(img, lab, cfg.intensity) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     is_main = rank == 0
 
     history: list[dict] = []
@@ -181,6 +183,9 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         if best_state is not None:
             model.load_state_dict(best_state)
         if best_state is not None or not val_pairs:
+            if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+                raise FloatingPointError("training diverged: the weights are no longer finite numbers; nothing was "
+                                         "published (try a lower lr)")
             published = save_checkpoint(model, cfg.out_checkpoint, meta={
                 "model_config": cfg.model_config, "image_size": int(model.image_size), "steps": step,
                 "val_dice": best, "initial_val_dice": initial, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -18,7 +18,6 @@ import json
 import threading
 import time
 import urllib.parse
-from unittest import mock
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
@@ -137,16 +136,8 @@ def auth_server(realm, random_checkpoint, tmp_path_factory):
 
 
 def _start(studies, conf, log, env, realm):
-    """conftest.start_server waits for GET /info/ to answer 200, which now takes a token."""
-    import conftest
-
-    get = conftest.requests.get
-
-    def get_with_token(url, **kw):
-        return get(url, headers={"Authorization": f"Bearer {realm.token('viewer')}"}, **kw)
-
-    with mock.patch.object(conftest.requests, "get", get_with_token):
-        return start_server(studies, conf, log, env)
+    """The readiness probe (GET /info/) now takes a token."""
+    return start_server(studies, conf, log, env, ready_headers=bearer(realm.token("viewer")))
 
 
 def bearer(token: str | None) -> dict:

@@ -1,6 +1,5 @@
 """End to end: the real MONAI Label server, the bodies OHIF v3 and Slicer send, real files back."""
 
-import json
 
 import nibabel as nib
 import nrrd

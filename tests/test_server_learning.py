@@ -2,7 +2,6 @@
 restart, keep them when a run is stopped, score unlabelled images and pick the least confident."""
 
 import hashlib
-import json
 import time
 
 import nibabel as nib
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import start_server, stop_server
+from conftest import start_server, stop_server, wait_for_task
 from medsam2.clicks import interior_point, largest_slice
 from medsam2.phantoms import make_phantom, write_studies
 
@@ -47,23 +46,13 @@ def one_click_dice(server, image_id, seed, value=2):
     return 2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum())
 
 
-def wait_for_task(server, kind, timeout=1500):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = requests.get(f"{server.url}/{kind}/", timeout=30).json()
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
-            return status
-        time.sleep(2)
-    raise AssertionError(f"{kind} did not finish in {timeout}s")
-
-
 def test_training_from_scratch_makes_the_served_model_better_without_a_restart(learning_server):
     server = learning_server
     before = one_click_dice(server, HELD_OUT, 900)
     r = requests.post(f"{server.url}/train/medsam2", json={"max_steps": TRAIN_STEPS, "val_every": TRAIN_STEPS,
                                                             "clip_len": 8, "seed": 0}, timeout=60)
     assert r.status_code == 200, r.text
-    status = wait_for_task(server, "train")
+    status = wait_for_task(server.url, "train", 1500)
     assert status["status"] == "DONE", status.get("details")
     stats = requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["medsam2"]
     assert stats["status"] == "DONE" and stats["train_images"] == 5 and stats["val_images"] == 1
@@ -83,7 +72,7 @@ def test_a_stopped_run_leaves_the_served_weights_intact(learning_server):
     assert r.status_code == 200
     time.sleep(20)
     assert requests.delete(f"{server.url}/train/", timeout=60).status_code == 200
-    assert wait_for_task(server, "train")["status"] == "STOPPED"
+    assert wait_for_task(server.url, "train", 1500)["status"] == "STOPPED"
     assert hashlib.sha256(served.read_bytes()).hexdigest() == digest
     assert one_click_dice(server, HELD_OUT, 900) > 0.5
 
@@ -92,10 +81,10 @@ def test_scoring_then_next_sample_hands_over_the_least_confident_image(learning_
     server = learning_server
     # MONAI Label starts every scoring method by itself after a training run: let that one finish first
     if requests.get(f"{server.url}/scoring/", timeout=30).status_code == 200:
-        wait_for_task(server, "scoring", timeout=600)
+        wait_for_task(server.url, "scoring", 600)
     r = requests.post(f"{server.url}/scoring/medsam2_confidence", timeout=60)
     assert r.status_code == 200, r.text
-    assert wait_for_task(server, "scoring", timeout=600)["status"] == "DONE"
+    assert wait_for_task(server.url, "scoring", 600)["status"] == "DONE"
     scores = {}
     for image_id in ("phantom_900", "phantom_901", "phantom_902"):
         info = requests.get(f"{server.url}/datastore/image/info", params={"image": image_id}, timeout=30).json()

@@ -9,6 +9,7 @@ import os
 from typing import Dict
 
 import monailabel
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
@@ -17,8 +18,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import auth, dicomweb, http_errors
+from lib import auth, dicomweb, http_errors, infer_route
+from lib.datastore import CheckedLocalDatastore
 from lib.image_ids import check_image_id
+from lib.image_size import max_voxels
 from lib.configs import MedSam2Config
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,14 @@ class MedSam2App(MONAILabelApp):
             description="Interactive 3D segmentation with Medical SAM 2",
             version="0.1.0",
         )
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return CheckedLocalDatastore(self.studies, max_voxels=max_voxels(self.conf),
+                                     extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                     auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def init_remote_datastore(self):
         return dicomweb.with_seg_writer(super().init_remote_datastore(), self.app_dir)
@@ -83,3 +94,6 @@ class MedSam2App(MONAILabelApp):
 
         http_errors.install(fastapi_app)
         auth.install(fastapi_app)
+        limits = {name: 1 for name in self._infers}  # others: one at a time, as MONAI Label runs them
+        limits.update({name: config.infer_concurrency for name, config in self.models.items()})
+        infer_route.install(fastapi_app, limits)

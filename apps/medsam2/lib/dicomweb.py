@@ -28,6 +28,9 @@ from monailabel.datastore.utils.convert import binary_to_image, nifti_to_dicom_s
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from lib.datastore import check_name
+from lib.params import label_name
+
 logger = logging.getLogger(__name__)
 
 DCMQI_TOOL = "itkimage2segimage"
@@ -86,6 +89,11 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
                    label_id: str = "") -> str:
         logger.info(f"Save label for {image_id}: {label_filename} ({label_tag}) {label_info}")
+        check_name(label_tag, "label tag")  # a folder of the local cache
+        segments = label_info.get("label_info")
+        for n, segment in enumerate(segments if isinstance(segments, list) else []):
+            if isinstance(segment, dict) and segment.get("name") is not None:
+                label_name(segment["name"], f"label_info[{n}].name")  # a SegmentLabel: DICOM LO, 64 characters
         image_uri = self.get_image_uri(image_id)
         output_file = ""
         if "".join(pathlib.Path(label_filename).suffixes) == ".bin":  # OHIF's raw label buffer

@@ -15,7 +15,7 @@ from fastapi import HTTPException
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # a DICOM UID: digits and dots only
 
 
-def _is_upload(path: str) -> bool:
+def is_upload(path: str) -> bool:
     return (os.path.isabs(path) and os.path.dirname(path) == tempfile.gettempdir()
             and os.path.basename(path).startswith("tmp") and os.path.isfile(path))
 
@@ -36,6 +36,6 @@ def check_image_id(request: dict, datastore) -> None:
     image = request.get("image")
     if not isinstance(image, str) or not image:
         raise HTTPException(status_code=400, detail="no image id given")
-    if _is_upload(image) or image in set(datastore.list_images()) or _new_dicomweb_series(image, datastore):
+    if is_upload(image) or image in set(datastore.list_images()) or _new_dicomweb_series(image, datastore):
         return
     raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")

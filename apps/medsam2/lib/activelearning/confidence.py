@@ -39,6 +39,8 @@ class ConfidenceScoring(ScoringMethod):
             logger.warning("scoring: the model is not available: %s", e)
             return {"scored": 0, "reason": f"the model is not available: {e}"}
         memories = reference_memories(segmenter, pairs)
+        if not memories:  # every saved label is empty: no score (a NaN in the image info breaks /datastore)
+            return {"scored": 0, "reason": "the saved labels hold no structure"}
         scores = {}
         for image_id in datastore.get_unlabeled_images():
             try:

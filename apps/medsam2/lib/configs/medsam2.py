@@ -13,6 +13,13 @@
 --conf encode_batch    slices per image-encoder batch                        [8 on GPU, 1 on CPU]
 --conf precision       auto (bf16 on CUDA) | bf16 (also on CPU) | fp32        [auto]
 --conf stop_after_empty stop a direction after N empty slices (0 = never)    [0]
+--conf directions      independent | sequential (stock SAM2's order)        [independent]
+--conf settle_slices   a correction re-propagates only until N slices come out unchanged [0 = to the ends]
+--conf cuda_graphs     replay the propagation step as CUDA graphs (GPU; unverified) [false]
+--conf overlap_encoding encode slices alongside propagation (GPU; unverified) [false]
+--conf max_voxels      largest image read, from its header (lib/image_size.py) [1024*1024*2000]
+--conf max_clicks      most clicks in one request (lib/params.py)            [1000]
+--conf infer_concurrency 3D inferences running at once (lib/infer_route.py)  [2]
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ from monailabel.interfaces.config import TaskConfig
 from lib.activelearning import ConfidenceScoring, LeastConfident
 from lib.infers.medsam2 import MedSam2InferTask
 from lib.infers.oneprompt import OnePromptInferTask
+from lib.image_size import max_voxels
+from lib.params import DEFAULT_MAX_CLICKS, flag
 from lib.trainers.medsam2 import MedSam2Trainer
 from medsam2.memory import SelfSortingPolicy
+from medsam2.tracker import DIRECTIONS
 from medsam2.oneprompt import BankStore
 from medsam2.service import InteractiveSegmenter, ModelProvider
 from medsam2.sessions import SessionCache
@@ -51,6 +61,10 @@ class MedSam2Config(TaskConfig):
             encode_batch_size=int(conf["encode_batch"]) if conf.get("encode_batch") else None,
             precision=conf.get("precision", "auto"),
             stop_after_empty=int(conf.get("stop_after_empty", 0)),
+            directions=conf.get("directions", "independent"),
+            settle_slices=int(conf.get("settle_slices", 0)),
+            cuda_graphs=flag(conf.get("cuda_graphs", False)),
+            overlap_encoding=flag(conf.get("overlap_encoding", False)),
         )
         self.cache = SessionCache(max_bytes=int(conf.get("cache_mb", 4096)) << 20,
                                   max_entries=int(conf.get("cache_entries", 8)))
@@ -60,15 +74,19 @@ class MedSam2Config(TaskConfig):
         self.memory_policy = conf.get("memory_policy", "fifo")
         if self.memory_policy not in self.policies:
             raise ValueError(f"--conf memory_policy must be one of {sorted(self.policies)}")
+        if self.provider.segmenter_options["directions"] not in DIRECTIONS:
+            raise ValueError(f"--conf directions must be one of {DIRECTIONS}")
         self.intensity = conf.get("intensity", "auto")
+        self.limits = {"max_voxels": max_voxels(conf), "max_clicks": int(conf.get("max_clicks", DEFAULT_MAX_CLICKS))}
+        self.infer_concurrency = max(1, int(conf.get("infer_concurrency", 2)))
         self.engine = InteractiveSegmenter(self.provider, self.cache)
         self.banks = BankStore(os.path.join(model_dir, "oneprompt"), capacity=capacity)
 
     def infer(self):
         return {
             self.name: MedSam2InferTask(self.engine, self.labels, self.memory_policy, self.intensity,
-                                        policies=self.policies),
-            f"{self.name}_oneprompt": OnePromptInferTask(self.provider, self.banks, self.labels),
+                                        policies=self.policies, **self.limits),
+            f"{self.name}_oneprompt": OnePromptInferTask(self.provider, self.banks, self.labels, **self.limits),
         }
 
     def trainer(self):

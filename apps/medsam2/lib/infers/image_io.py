@@ -11,25 +11,34 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from monailabel.transform.writer import Writer
 
+from lib.image_ids import is_upload
+from lib.image_size import DEFAULT_MAX_VOXELS, UPLOAD, check_image_size
+from lib.infers.out_of_memory import is_out_of_memory
+
 RESULT_EXTENSIONS = (".nrrd", ".nii.gz", ".nii")
 RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 
 
-def read_image(path: str):
-    """Read an image with MONAI's readers (NIfTI, NRRD, DICOM series, PNG...); HTTP 422 if unreadable."""
+def read_image(path: str, max_voxels: int = DEFAULT_MAX_VOXELS):
+    """Read an image with MONAI's readers (NIfTI, NRRD, DICOM series, PNG...); HTTP 422 if unreadable,
+    413 if its header declares more than `max_voxels` voxels (checked before reading them)."""
+    name = UPLOAD if is_upload(path) else os.path.basename(path)
+    check_image_size(path, max_voxels, name=name)
     try:
         image = LoadImage(image_only=True)(path)
     except Exception as e:
-        raise HTTPException(status_code=422, detail=f"cannot read image {os.path.basename(path)!r}: {e}") from e
+        if is_out_of_memory(e):
+            raise
+        raise HTTPException(status_code=422, detail=f"cannot read image '{name}': {str(e).replace(path, name)}") from e
     if min(image.shape, default=0) < 1:
         raise HTTPException(status_code=422, detail=f"the image is empty (shape {list(image.shape)})")
     affine = image.affine.clone() if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
     return np.asarray(image.array if isinstance(image, MetaTensor) else image), {"affine": affine}
 
 
-def load_volume(path: str) -> tuple[np.ndarray, dict]:
+def load_volume(path: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[np.ndarray, dict]:
     """A 3D image -> (array (I, J, K), geometry); HTTP 422 for anything else."""
-    array, header = read_image(path)
+    array, header = read_image(path, max_voxels)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:

@@ -10,6 +10,7 @@ prompting and propagation. `reset_state` is accepted and needs no action for tha
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -18,7 +19,10 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from lib.image_size import DEFAULT_MAX_VOXELS
 from lib.infers.image_io import image_path_or_404, load_volume, result_format, write_label
+from lib.infers.out_of_memory import answer_out_of_memory
+from lib.params import DEFAULT_MAX_CLICKS, check_click_count, check_label_names
 
 from medsam2.checkpoints import CheckpointError
 from medsam2.frames import Intensity
@@ -30,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 class MedSam2InferTask(InferTask):
     def __init__(self, engine: InteractiveSegmenter, labels: dict[str, int], memory_policy: str = "fifo",
-                 intensity: str = "auto", policies: dict | None = None, description: str | None = None):
+                 intensity: str = "auto", policies: dict | None = None, description: str | None = None,
+                 max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS):
         super().__init__(
             type=InferType.DEEPGROW,
             labels=labels,
@@ -41,6 +46,8 @@ class MedSam2InferTask(InferTask):
         self.engine = engine
         self.label_values = dict(labels)
         self.policies = policies or {}
+        self.max_voxels = max_voxels
+        self.max_clicks = max_clicks
 
     def is_valid(self) -> bool:
         return True
@@ -59,24 +66,30 @@ class MedSam2InferTask(InferTask):
         if not (request.get("foreground") or request.get("roi") or request.get("objects")):
             raise HTTPException(status_code=400, detail="no prompt: send 'foreground' clicks [[i, j, k], ...] "
                                                         "and/or an 'roi' [i0, i1, j0, j1, k0, k1]")
+        check_label_names(request)
+        check_click_count(request, self.max_clicks)
         try:
             intensity = Intensity.parse(request.get("intensity") or self._config["intensity"])
-        except ValueError as e:
-            raise HTTPException(status_code=400, detail=str(e)) from e
+            if intensity.mode == "ct" and not (math.isfinite(sum(intensity.window)) and intensity.window[1] > 0):
+                raise ValueError(f"intensity window {list(intensity.window)} needs a finite level and a width > 0")
+        except (TypeError, ValueError) as e:
+            raise HTTPException(status_code=400, detail=f"intensity: {e}") from e
         policy = self._policy(request)
 
         stat = os.stat(image_path)
         session_key = (str(request.get("client_id") or "default"), os.path.realpath(image_path), stat.st_mtime_ns)
         t_load = time.perf_counter()
-        try:
-            segmenter, session, cached = self.engine.open(session_key, lambda: load_volume(image_path), intensity)
-        except CheckpointError as e:
-            raise HTTPException(status_code=503, detail=f"the model is not available: {e}") from e
-        try:
-            objects = parse_objects(request, session.shape, self.label_values)
-        except PromptError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from e
-        result, stats = self.engine.run(segmenter, session, objects, policy, cached)
+        with answer_out_of_memory("medsam2", self.engine.cache):
+            try:
+                segmenter, session, cached = self.engine.open(
+                    session_key, lambda: load_volume(image_path, self.max_voxels), intensity)
+            except CheckpointError as e:
+                raise HTTPException(status_code=503, detail=f"the model is not available: {e}") from e
+            try:
+                objects = parse_objects(request, session.shape, self.label_values)
+            except PromptError as e:
+                raise HTTPException(status_code=422, detail=str(e)) from e
+            result, stats = self.engine.run(segmenter, session, objects, policy, cached)
         t_write = time.perf_counter()
         dtype_max = np.iinfo(dtype).max if dtype != "float32" else None
         if dtype_max is not None and result.label.max(initial=0) > dtype_max:
@@ -86,7 +99,8 @@ class MedSam2InferTask(InferTask):
         total = time.perf_counter() - t0
         params = {
             "label_names": {o.label: o.value for o in objects},
-            "objects": [{"label": o.label, "value": o.value, "slices": [min(o.slices), max(o.slices)] if o.slices else [],
+            "objects": [{"label": o.label, "value": o.value,
+                         "slices": [min(o.slices), max(o.slices)] if o.slices else [],
                          "slice_count": len(o.slices)} for o in result.objects],
             "memory_policy": request.get("memory_policy") or self._config["memory_policy"],
             "engine": stats,

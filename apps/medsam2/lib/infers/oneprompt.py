@@ -16,8 +16,10 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from lib.image_size import DEFAULT_MAX_VOXELS
 from lib.infers.image_io import image_path_or_404, read_image, result_format, write_label
-from lib.params import flag
+from lib.infers.out_of_memory import answer_out_of_memory
+from lib.params import DEFAULT_MAX_CLICKS, check_click_count, flag
 from medsam2.checkpoints import CheckpointError
 from medsam2.oneprompt import BankError, BankStore, OnePromptSegmenter, check_label
 from medsam2.prompts import PromptError, object_from_params
@@ -25,7 +27,8 @@ from medsam2.service import ModelProvider
 
 
 class OnePromptInferTask(InferTask):
-    def __init__(self, provider: ModelProvider, store: BankStore, labels: dict[str, int]):
+    def __init__(self, provider: ModelProvider, store: BankStore, labels: dict[str, int],
+                 max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS):
         default_label = next(iter(labels), "object")
         super().__init__(
             type=InferType.DEEPGROW,
@@ -36,6 +39,8 @@ class OnePromptInferTask(InferTask):
         )
         self.provider = provider
         self.store = store
+        self.max_voxels = max_voxels
+        self.max_clicks = max_clicks
 
     def is_valid(self) -> bool:
         return True
@@ -50,7 +55,9 @@ class OnePromptInferTask(InferTask):
         if flag(request.get("clear_bank", False)):
             return None, {"label": label, "cleared": self.store.clear(label)}
         image_path = image_path_or_404(request)
-        array, header = read_image(image_path)
+        check_click_count(request, self.max_clicks)
+        with answer_out_of_memory("medsam2_oneprompt"):
+            array, header = read_image(image_path, self.max_voxels)
         if array.ndim == 3 and array.shape[-1] in (3, 4) and image_path.lower().endswith((".png", ".jpg", ".jpeg")):
             array = array[..., :3].mean(axis=-1)  # RGB photograph -> grey
         k = self._slice(request, array)
@@ -61,6 +68,8 @@ class OnePromptInferTask(InferTask):
         except (TypeError, ValueError):
             raise HTTPException(status_code=400, detail="'foreground'/'background' must be lists of [i, j(, k)]")
         roi = request.get("roi") or []
+        if not isinstance(roi, list):
+            raise HTTPException(status_code=400, detail="'roi' must be a list [i0, i1, j0, j1(, k0, k1)]")
         prompt = None
         if fg or roi:
             roi2d = list(roi[:4]) + [0, 0] if len(roi) >= 4 else roi
@@ -76,9 +85,10 @@ class OnePromptInferTask(InferTask):
         except CheckpointError as e:
             raise HTTPException(status_code=503, detail=f"the model is not available: {e}") from e
         try:
-            mask, info = OnePromptSegmenter(segmenter, self.store).segment(
-                image.astype(np.float32), label, prompt, str(version),
-                add_to_bank=flag(request.get("add_to_bank", self._config["add_to_bank"])))
+            with answer_out_of_memory("medsam2_oneprompt"):
+                mask, info = OnePromptSegmenter(segmenter, self.store).segment(
+                    image.astype(np.float32), label, prompt, str(version),
+                    add_to_bank=flag(request.get("add_to_bank", self._config["add_to_bank"])))
         except BankError as e:
             raise HTTPException(status_code=409, detail=str(e)) from e
         value = int(self.labels.get(label, 1)) if isinstance(self.labels, dict) else 1
@@ -104,13 +114,18 @@ class OnePromptInferTask(InferTask):
             raise HTTPException(status_code=422, detail=f"one-prompt segments 2D images or one slice of a volume; "
                                                         f"got shape {list(array.shape)}")
         k = request.get("slice")
-        if k is None:
-            points = (request.get("foreground") or []) + (request.get("background") or [])
-            ks = {int(round(float(p[2]))) for p in points if len(p) > 2}
-            if len(ks) != 1:
-                raise HTTPException(status_code=400, detail="for a volume, send 'slice' (or clicks on one slice)")
-            k = ks.pop()
-        k = int(k)
+        try:
+            if k is None:
+                points = list(request.get("foreground") or []) + list(request.get("background") or [])
+                ks = {int(round(float(p[2]))) for p in points if len(p) > 2}
+                if len(ks) != 1:
+                    raise HTTPException(status_code=422, detail=(
+                        f"medsam2_oneprompt segments 2D images; this image is a volume of shape {list(array.shape)}: "
+                        "send 'slice' (the k to segment) or clicks on one slice, or use medsam2 for the volume"))
+                k = ks.pop()
+            k = int(k)
+        except (TypeError, ValueError, OverflowError):
+            raise HTTPException(status_code=400, detail="'slice' must be a slice number and clicks [i, j, k] numbers")
         if not 0 <= k < array.shape[2]:
             raise HTTPException(status_code=422, detail=f"slice {k} is outside the image ({array.shape[2]} slices)")
         return k

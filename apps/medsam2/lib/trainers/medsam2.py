@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -46,8 +47,10 @@ class MedSam2Trainer(TrainTask):
                 "clips_per_step": 2, "train_modules": "auto", "multi_gpu": False}
 
     def stats(self):
+        """The last run's stats for /info; NaN (a Dice without a validation set) becomes null, since
+        /info must be valid JSON: a NaN there made every /info an error 500 and no client could connect."""
         try:
-            return json.loads(self.stats_path.read_text())
+            return json.loads(self.stats_path.read_text(), parse_constant=lambda _: None)
         except (OSError, ValueError):
             return {}
 
@@ -75,6 +78,26 @@ class MedSam2Trainer(TrainTask):
         return pairs, skipped
 
     def __call__(self, request, datastore: Datastore):
+        """Train and publish; a failed run publishes nothing and says why in the stats (/info train_stats)."""
+        try:
+            return self._run(request, datastore)
+        except Exception as e:
+            self._write_stats({**self.stats(), "status": "FAILED", "error": f"{type(e).__name__}: {e}"})
+            raise
+
+    @staticmethod
+    def _check(cfg: TrainConfig) -> TrainConfig:
+        counts = {k: getattr(cfg, k) for k in ("max_steps", "clip_len", "max_objects", "clips_per_step", "val_every")}
+        bad = [f"{k}={v}" for k, v in counts.items() if v < 1]
+        if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+            bad.append(f"lr={cfg.lr}")
+        if cfg.max_minutes is not None and not math.isfinite(cfg.max_minutes):
+            bad.append(f"max_minutes={cfg.max_minutes}")
+        if bad:
+            raise ValueError(f"training params out of range: {', '.join(bad)} (counts >= 1, lr a positive number)")
+        return cfg
+
+    def _run(self, request, datastore: Datastore):
         t0 = time.time()
         pairs, skipped = self._pairs(datastore)
         if not pairs:
@@ -87,7 +110,7 @@ class MedSam2Trainer(TrainTask):
         trn = [pairs[i] for i in order[n_val:]]
 
         current = self.provider.current_spec()
-        cfg = TrainConfig(
+        cfg = self._check(TrainConfig(
             model_config=current.model_config,
             image_size=current.image_size,
             init_checkpoint=current.checkpoint,
@@ -101,7 +124,7 @@ class MedSam2Trainer(TrainTask):
             lr=float(request["lr"]) if request.get("lr") else None,
             train_modules=str(request.get("train_modules", "auto")),
             seed=int(request.get("seed", 0)),
-        )
+        ))
         stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
                  "start_from": str(current.checkpoint or "random weights"), "history": []}
         self._write_stats(stats)

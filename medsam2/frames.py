@@ -12,6 +12,7 @@ the box x0=i0, y0=j0, x1=i1, y1=j1 without any swapping.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,7 @@ class Intensity:
         if spec is None or isinstance(spec, Intensity):
             return spec or cls()
         if isinstance(spec, (list, tuple)) and len(spec) == 2:
-            return cls(mode="ct", window=(float(spec[0]), float(spec[1])))
+            return cls.ct_window(float(spec[0]), float(spec[1]))
         s = str(spec).strip().lower()
         if s in ("auto", ""):
             return cls()
@@ -62,11 +63,17 @@ class Intensity:
             return cls(mode="ct", window=CT_WINDOWS[s])
         if s.startswith("ct:"):
             level, width = (float(v) for v in s[3:].split(","))
-            return cls(mode="ct", window=(level, width))
+            return cls.ct_window(level, width)
         raise ValueError(
             f"unknown intensity setting {spec!r}: use auto, percentile, one of {sorted(CT_WINDOWS)}, "
             "'ct:<level>,<width>' or [level, width]"
         )
+
+    @classmethod
+    def ct_window(cls, level: float, width: float) -> "Intensity":
+        if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+            raise ValueError(f"intensity window {[level, width]} needs a finite level and a width > 0")
+        return cls(mode="ct", window=(level, width))
 
     def resolve(self, volume: torch.Tensor) -> "Intensity":
         if self.mode != "auto":

@@ -49,6 +49,9 @@ def test_intensity_settings_parse_and_bad_ones_are_refused():
     assert Intensity.parse("mr").mode == "percentile"
     with pytest.raises(ValueError, match="unknown intensity"):
         Intensity.parse("sepia")
+    for window in ("ct:nan,400", "ct:40,0", [40, float("inf")]):
+        with pytest.raises(ValueError, match="finite level and a width > 0"):
+            Intensity.parse(window)
 
 
 def test_resizing_keeps_the_whole_slice_and_non_3d_input_is_refused():

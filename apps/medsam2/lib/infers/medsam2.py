@@ -10,7 +10,6 @@ prompting and propagation. `reset_state` is accepted and needs no action for tha
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -70,8 +69,6 @@ class MedSam2InferTask(InferTask):
         check_click_count(request, self.max_clicks)
         try:
             intensity = Intensity.parse(request.get("intensity") or self._config["intensity"])
-            if intensity.mode == "ct" and not (math.isfinite(sum(intensity.window)) and intensity.window[1] > 0):
-                raise ValueError(f"intensity window {list(intensity.window)} needs a finite level and a width > 0")
         except (TypeError, ValueError) as e:
             raise HTTPException(status_code=400, detail=f"intensity: {e}") from e
         policy = self._policy(request)

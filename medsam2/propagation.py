@@ -176,20 +176,18 @@ class Segmenter:
         prompted_s = time.perf_counter() - t0
         per_object = {n: (prev.lowres, prev.scores, prev.ious) for n, prev in enumerate(previous) if n not in states}
         counts = {"reused": len(objects) - len(todo)}
-        if not todo:
-            pass
-        elif self.engine == "plain":
+        if todo and self.engine == "plain":
             for n in todo:
                 per_object[n] = self._track_plain(session, objects[n], states[n], memory_policy_factory)
-        else:
+        elif todo:
             hints = [previous[n] if self.settle_slices else None for n in todo]
             tracked, stats = self._track_batched(session, [objects[n] for n in todo], [states[n] for n in todo],
                                                  memory_policy_factory, hints)
             per_object.update(zip(todo, tracked))
             counts.update(steps=stats.steps, slices=stats.slices, step_shapes=len(stats.shapes), settled=stats.settled)
+        for n in todo:  # reused objects keep the track they were answered from
+            session.tracks[objects[n].label] = ObjectTrack(signatures[n], *per_object[n])
         per_object = [per_object[n] for n in range(len(objects))]
-        for obj, sig, (lowres, scores, ious) in zip(objects, signatures, per_object):
-            session.tracks[obj.label] = ObjectTrack(sig, lowres.clone(), scores, ious)
         label, results = self._assemble(session, objects, per_object)
         return SegmentationResult(label=label, objects=results,
                                   timings={"prompted_s": prompted_s, "propagate_s": time.perf_counter() - t0, **counts})
@@ -286,7 +284,8 @@ class Segmenter:
         scores = banks.score.cpu().numpy()
         ious = banks.iou.cpu().numpy()
         rows = [banks.object_slices(n) for n in range(len(objects))]
-        per_object = [(banks.lowres[r], scores[r], ious[r]) for r in rows]
+        # copies: a view would keep the whole banks (memories of every slice) alive in the session's tracks
+        per_object = [(banks.lowres[r].clone(), scores[r], ious[r]) for r in rows]
         return per_object, stats
 
     # ---------------------------------------------------------------------------------- the label

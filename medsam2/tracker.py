@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .features import FrameFeatures
-from .memory import sam2_memory_plan
+from .memory import frame_confidence, sam2_memory_plan
 from .track_step import INPUT_NAMES, GraphedSteps, StepShape
 
 UNTRACKED = -1e4  # mask logit of a slice no lane reached (as the plain path leaves it)
@@ -220,7 +220,7 @@ class LaneTracker:
         row = self.banks.row(lane.obj, frame)
         lane.tracked[frame] = frame
         if lane.policy is not None:  # the policy decides on the decoder's confidence: this waits for the GPU
-            confidence = float(self.banks.iou[row]) * float(torch.sigmoid(self.banks.score[row]))
+            confidence = frame_confidence({"iou": self.banks.iou[row], "object_score_logits": self.banks.score[row]})
             lane.policy.observe(frame, self.banks.maskmem[row], self.features.embeddings[frame], confidence)
         lane.pos += 1
         ahead = any(f < frame if lane.reverse else f > frame for f in lane.cond)

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import tempfile
-import unicodedata
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict
 
@@ -39,6 +38,7 @@ from monailabel.datastore.utils.convert import binary_to_image
 
 from lib.image_size import DEFAULT_MAX_VOXELS, UPLOAD, check_image_size
 from lib.infers.out_of_memory import answer_out_of_memory
+from lib.params import has_control_characters
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ RAW_LABEL = ".bin"  # OHIF's label buffer: one uint8 per voxel, Fortran order, n
 def check_name(value: str, what: str) -> str:
     """`value` if it can be a file name inside the datastore, else HTTP 400."""
     if (not isinstance(value, str) or not value or len(value) > 200 or value.startswith(".")
-            or any(c in value for c in "/\\") or any(unicodedata.category(c) in ("Cc", "Cs") for c in value)):
+            or any(c in value for c in "/\\") or has_control_characters(value)):
         raise HTTPException(status_code=400, detail=f"{what} {value!r} is not allowed: a name (not a path) of 1 to "
                                                     "200 characters, not starting with '.', without / or \\")
     return value

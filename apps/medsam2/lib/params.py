@@ -24,6 +24,11 @@ def flag(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes")
 
 
+def has_control_characters(value: str) -> bool:
+    """Control characters or lone surrogates: nothing a name shown to users or stored on disk may hold."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
+
+
 def label_name(value, what: str = "label") -> str:
     """`value` if it is a usable segment name, else HTTP 400 saying why."""
     if not isinstance(value, str):
@@ -31,7 +36,7 @@ def label_name(value, what: str = "label") -> str:
     if not value.strip() or len(value) > MAX_LABEL_LENGTH:
         raise HTTPException(status_code=400, detail=f"'{what}' must be 1 to {MAX_LABEL_LENGTH} characters, "
                                                     f"got {len(value)}")
-    if "\\" in value or any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+    if "\\" in value or has_control_characters(value):
         raise HTTPException(status_code=400, detail=f"'{what}' {value!r} holds a backslash or control characters")
     return value
 

@@ -140,22 +140,28 @@ def write_jpegs(scaled, folder: Path) -> int:
     return u8.shape[2]
 
 
+def stock_propagate(predictor, state, frame_idx: int, points, labels, directions: str, logits) -> None:
+    """Stock SAM2's propagation from the clicked `frame_idx` into `logits` (K, H, W): forward, then
+    reverse (after `reset_state` and the same click again when `directions` is "independent"; on the
+    same state when "sequential")."""
+    for reverse in (False, True):
+        if reverse and directions == "independent":
+            predictor.reset_state(state)
+            predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=1, points=points, labels=labels)
+        for k, _, video_res in predictor.propagate_in_video(state, start_frame_idx=frame_idx, reverse=reverse):
+            logits[k] = video_res[0, 0].float()
+
+
 def stock_track(predictor, state, frame_idx: int, points, labels, directions: str = "independent") -> "torch.Tensor":
-    """Stock SAM2 on one object: click on `frame_idx`, propagate forward, then reverse (after
-    `reset_state` and the same click again when `directions` is "independent"; on the same state when
-    "sequential"); returns (K, H, W) mask logits at the video resolution."""
+    """Stock SAM2 on one object: click on `frame_idx`, then `stock_propagate`; returns (K, H, W) mask
+    logits at the video resolution."""
     import torch
 
     K, H, W = state["num_frames"], state["video_height"], state["video_width"]
     with torch.inference_mode():
         logits = torch.full((K, H, W), -1e4, dtype=torch.float32, device=state["device"])
         predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=1, points=points, labels=labels)
-        for reverse in (False, True):
-            if reverse and directions == "independent":
-                predictor.reset_state(state)
-                predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=1, points=points, labels=labels)
-            for k, _, video_res in predictor.propagate_in_video(state, start_frame_idx=frame_idx, reverse=reverse):
-                logits[k] = video_res[0, 0].float()
+        stock_propagate(predictor, state, frame_idx, points, labels, directions, logits)
     return logits
 
 
@@ -286,12 +292,7 @@ def worker_stock(job: dict) -> dict:
             _, _, m = predictor.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=first[0], labels=first[1])
             logits[k] = m[0, 0].float()
         with clock("propagate_s"):
-            for reverse in (False, True):
-                if reverse and directions == "independent":
-                    predictor.reset_state(state)
-                    predictor.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=first[0], labels=first[1])
-                for kk, _, video_res in predictor.propagate_in_video(state, start_frame_idx=k, reverse=reverse):
-                    logits[kk] = video_res[0, 0].float()
+            stock_propagate(predictor, state, k, first[0], first[1], directions, logits)
             mask = (logits > 0).cpu().numpy()
         with clock("corrective_s"):
             predictor.reset_state(state)

@@ -46,6 +46,10 @@ def one_click_dice(server, image_id, seed, value=2):
     return 2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum())
 
 
+def train_stats(server) -> dict:
+    return requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["medsam2"]
+
+
 def test_training_from_scratch_makes_the_served_model_better_without_a_restart(learning_server):
     server = learning_server
     before = one_click_dice(server, HELD_OUT, 900)
@@ -54,7 +58,7 @@ def test_training_from_scratch_makes_the_served_model_better_without_a_restart(l
     assert r.status_code == 200, r.text
     status = wait_for_task(server.url, "train", 1500)
     assert status["status"] == "DONE", status.get("details")
-    stats = requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["medsam2"]
+    stats = train_stats(server)
     assert stats["status"] == "DONE" and stats["train_images"] == 5 and stats["val_images"] == 1
     assert stats["best_val_dice"] > stats["initial_val_dice"]
     assert list((server.model_dir / "runs" / "medsam2").glob("*/events.out.tfevents.*"))
@@ -70,9 +74,16 @@ def test_a_stopped_run_leaves_the_served_weights_intact(learning_server):
     digest = hashlib.sha256(served.read_bytes()).hexdigest()
     r = requests.post(f"{server.url}/train/medsam2", json={"max_steps": 5000}, timeout=60)
     assert r.status_code == 200
-    time.sleep(20)
+    deadline = time.time() + 120
+    while train_stats(server)["status"] != "RUNNING":  # the run has started (and shows so in /info)
+        assert time.time() < deadline, train_stats(server)
+        time.sleep(1)
+    time.sleep(5)
+    assert train_stats(server)["status"] == "RUNNING"
     assert requests.delete(f"{server.url}/train/", timeout=60).status_code == 200
     assert wait_for_task(server.url, "train", 1500)["status"] == "STOPPED"
+    stats = train_stats(server)  # /info says so too, instead of RUNNING for ever
+    assert stats["status"] == "STOPPED" and "nothing was published" in stats["error"]
     assert hashlib.sha256(served.read_bytes()).hexdigest() == digest
     assert one_click_dice(server, HELD_OUT, 900) > 0.5
 

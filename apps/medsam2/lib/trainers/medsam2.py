@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
@@ -48,11 +49,17 @@ class MedSam2Trainer(TrainTask):
 
     def stats(self):
         """The last run's stats for /info; NaN (a Dice without a validation set) becomes null, since
-        /info must be valid JSON: a NaN there made every /info an error 500 and no client could connect."""
+        /info must be valid JSON: a NaN there made every /info an error 500 and no client could connect.
+        A run whose process is gone without finishing (Stop training, a kill, a server restart) shows as
+        STOPPED, not RUNNING for ever."""
         try:
-            return json.loads(self.stats_path.read_text(), parse_constant=lambda _: None)
+            stats = json.loads(self.stats_path.read_text(), parse_constant=lambda _: None)
         except (OSError, ValueError):
             return {}
+        if stats.get("status") == "RUNNING" and not _still_running(stats.get("process")):
+            stats.update(status="STOPPED", error="the training process ended before finishing (stopped, killed "
+                                                 "or the server restarted); nothing was published")
+        return stats
 
     def _write_stats(self, stats: dict) -> None:
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +132,10 @@ class MedSam2Trainer(TrainTask):
             train_modules=str(request.get("train_modules", "auto")),
             seed=int(request.get("seed", 0)),
         ))
+        me = psutil.Process()
         stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
-                 "start_from": str(current.checkpoint or "random weights"), "history": []}
+                 "start_from": str(current.checkpoint or "random weights"), "history": [],
+                 "process": {"pid": me.pid, "started": me.create_time()}}
         self._write_stats(stats)
         from torch.utils.tensorboard import SummaryWriter
 
@@ -155,3 +164,15 @@ class MedSam2Trainer(TrainTask):
                       "published": str(result.published) if result.published else None})
         self._write_stats(stats)
         return stats
+
+
+def _still_running(process: dict | None) -> bool:
+    """Whether the process a RUNNING stats file names is alive: the same pid, started at the same time
+    (pids are reused), and not a zombie."""
+    if not isinstance(process, dict):
+        return False
+    try:
+        p = psutil.Process(int(process["pid"]))
+        return abs(p.create_time() - float(process["started"])) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
+    except (KeyError, TypeError, ValueError, psutil.Error):
+        return False

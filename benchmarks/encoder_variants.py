@@ -98,7 +98,9 @@ def main(argv=None) -> None:
               f"relative diff vs fp32 {'-' if row['rel_diff'] is None else format(row['rel_diff'], '.1e')}", flush=True)
 
     result = {"config": args.config, "image_size": args.image_size, "batch": args.batch,
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),  # bf16 units: bf16 pays off
               "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

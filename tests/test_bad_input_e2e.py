@@ -117,6 +117,11 @@ TOO_MANY_CLICKS = {"foreground": [CLICK] * 1001}
 LONG_PARAMS = json.dumps({"foreground": [CLICK] * 100_000})  # 1.3 MB
 
 # (name, how it is sent, expected status, words the message must hold)
+def click_on_upload(key: str):
+    """A case: one click on the file `files[key]`, uploaded with the request instead of a datastore image."""
+    return lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f[key])
+
+
 CASES = [
     ("params a JSON list", lambda s, f: infer(s, "[1, 2]"), 400, "must be a JSON object"),
     ("params null", lambda s, f: infer(s, "null"), 400, "must be a JSON object"),
@@ -150,22 +155,15 @@ CASES = [
      400, "'slice' must be"),
     ("2D image to the 3D task", lambda s, f: infer(s, {"foreground": [[3, 3, 0]]}, image="flat2d"), 422, "2D image"),
     # images uploaded with the request
-    ("upload: random bytes", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["junk"]), 422,
-     "cannot read image"),
-    ("upload: empty file", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["empty"]), 422, "cannot read image"),
-    ("upload: truncated NIfTI", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["truncated"]), 422,
-     "cannot read image"),
-    ("upload: truncated NRRD", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["truncated_nrrd"]), 422,
-     "cannot read image"),
-    ("upload: truncated DICOM", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["truncated_dcm"]), 422,
-     "cannot read image"),
-    ("upload: zero-size volume", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["zero_size"]), 422, "empty"),
-    ("upload: NIfTI of 2.1 G voxels", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["bomb"]), 413,
-     "max_voxels"),
-    ("upload: NRRD of 2.1 G voxels", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["bomb_nrrd"]), 413,
-     "max_voxels"),
-    ("upload: DICOM of 4.3 T voxels", lambda s, f: infer(s, {"foreground": [CLICK]}, upload=f["bomb_dcm"]), 413,
-     "max_voxels"),
+    ("upload: random bytes", click_on_upload("junk"), 422, "cannot read image"),
+    ("upload: empty file", click_on_upload("empty"), 422, "cannot read image"),
+    ("upload: truncated NIfTI", click_on_upload("truncated"), 422, "cannot read image"),
+    ("upload: truncated NRRD", click_on_upload("truncated_nrrd"), 422, "cannot read image"),
+    ("upload: truncated DICOM", click_on_upload("truncated_dcm"), 422, "cannot read image"),
+    ("upload: zero-size volume", click_on_upload("zero_size"), 422, "empty"),
+    ("upload: NIfTI of 2.1 G voxels", click_on_upload("bomb"), 413, "max_voxels"),
+    ("upload: NRRD of 2.1 G voxels", click_on_upload("bomb_nrrd"), 413, "max_voxels"),
+    ("upload: DICOM of 4.3 T voxels", click_on_upload("bomb_dcm"), 413, "max_voxels"),
     ("upload: 4D image", lambda s, f: infer(s, {"foreground": [[1, 1, 1]]}, upload=f["stack4d"]), 422, "4D image"),
     # PUT /datastore/image
     ("image: random bytes", lambda s, f: put_image(s, f["junk"], "new_a"), 422, "cannot read image"),

@@ -7,7 +7,7 @@ of one real MONAI Label server while a training run goes on in the background.
 Setup: `--images` phantoms (`medsam2.phantoms`, `--shape`) to annotate plus `--train-images` phantoms with
 their true labels (what the background training starts from) are written into a fresh studies folder, and
 `monailabel start_server --app apps/medsam2 --host 127.0.0.1` is started on it with `--checkpoint`
-(default: the tests' cached demo model, else random weights of the micro config), a fresh model folder,
+(default: the demo model shipped in model/demo/, as the tests use it), a fresh model folder,
 a small cache (`--cache-mb`, `--cache-entries`: eviction happens) and `--infer-concurrency`. The users
 and their requests are those of `benchmarks/annotators.py` (what OHIF v3 and Slicer send).
 
@@ -74,9 +74,8 @@ if str(REPO) not in sys.path:  # `benchmarks` is a top-level folder, not an inst
 from benchmarks.annotators import (INFER_KINDS, InFlight, Outcome, evict_sessions, make_scenario,  # noqa: E402
                                    run_alone, run_together)
 from benchmarks.server import launch_server, stop_server, wait_for_task  # noqa: E402
-from medsam2.demo_model import DEMO_STEPS  # noqa: E402
+from medsam2.checkpoints import resolve_spec  # noqa: E402
 
-DEMO_CHECKPOINT = REPO / ".cache" / "test-models" / f"demo_micro_c2_{DEMO_STEPS}.pt"  # the tests' model
 INFER_LOG = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*medsam2: \d+ objects on \S+ in ([\d.]+)s")
 PUBLISH_MARGIN_S = 1.0  # the trainer writes its checkpoint, then renames it into place
 
@@ -497,16 +496,6 @@ def table(report: dict) -> str:
 # ------------------------------------------------------------------------------------------- main
 
 
-def make_checkpoint(path: Path) -> Path:
-    """Random weights of the micro config (when the cached demo model is not there)."""
-    import torch
-
-    from medsam2.checkpoints import ModelSpec, build_model, save_checkpoint
-
-    torch.manual_seed(0)
-    return save_checkpoint(build_model(ModelSpec("sam2.1_hiera_micro")), path)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -515,9 +504,8 @@ def parse_args(argv=None):
     p.add_argument("--visits", type=int, default=3, help="images each user works on, one after the other")
     p.add_argument("--corrections", type=int, default=2, help="corrective clicks after each first click")
     p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 32))
-    p.add_argument("--checkpoint", default=None,
-                   help=f"default: {DEMO_CHECKPOINT.relative_to(REPO)} if present, else random micro weights")
-    p.add_argument("--model-config", default="sam2.1_hiera_micro")
+    p.add_argument("--checkpoint", default="demo", help="a manifest name or a .pt file (default: the demo model)")
+    p.add_argument("--model-config", default=None, help="default: the manifest's (sam2.1_hiera_nano for demo)")
     p.add_argument("--infer-concurrency", type=int, default=2, help="--conf infer_concurrency (app default 2)")
     p.add_argument("--cache-mb", type=int, default=24)
     p.add_argument("--cache-entries", type=int, default=4)
@@ -537,9 +525,9 @@ def main(argv=None) -> int:
     work = Path(args.workdir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     studies, truths, probe = write_studies_for(args, work)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else (
-        DEMO_CHECKPOINT if DEMO_CHECKPOINT.exists() else make_checkpoint(work / "micro_random.pt"))
-    conf = {"checkpoint": checkpoint, "model_config": args.model_config, "model_dir": work / "model",
+    spec = resolve_spec(args.checkpoint, args.model_config, None, REPO / "model")
+    checkpoint, args.model_config = spec.checkpoint, spec.model_config
+    conf = {"checkpoint": checkpoint, "model_config": spec.model_config, "model_dir": work / "model",
             "cache_mb": args.cache_mb, "cache_entries": args.cache_entries,
             "infer_concurrency": args.infer_concurrency}
     args.log = work / "server.log"

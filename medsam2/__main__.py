@@ -1,8 +1,10 @@
 """Command line: `python -m medsam2 <command>`.
 
   fetch NAME            download a manifest checkpoint into model/ and verify it
-  sample DIR            write the bundled synthetic sample study (phantoms) into DIR
-  demo-model OUT.pt     train the small demo model on phantoms (CPU, a few minutes)
+  sample DIR            write the bundled synthetic sample study into DIR: phantoms (organ, vessel,
+                        lesion) and a pair of identical-looking twins that only memory tells apart
+  demo-model OUT.pt     train the demo model (model/demo/, sam2.1_hiera_nano) from scratch on generated
+                        phantoms, as shipped (CPU, about an hour; see docs/demo-model.md)
 """
 
 import argparse
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+SAMPLE_SHAPE = (128, 128, 48)
 
 
 def main(argv=None) -> int:
@@ -24,7 +27,9 @@ def main(argv=None) -> int:
     s.add_argument("--count", type=int, default=3)
     d = sub.add_parser("demo-model")
     d.add_argument("out", type=Path)
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
+    d.add_argument("--prompt-steps", type=int, default=None, help="stage 1 steps (default: the recipe's)")
+    d.add_argument("--track-steps", type=int, default=None, help="stage 2 steps (default: the recipe's)")
+    d.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     if args.cmd == "fetch":
@@ -37,18 +42,23 @@ def main(argv=None) -> int:
             return 2
         print(f"ready: {spec.checkpoint} ({spec.model_config}, {spec.image_size} px)")
     elif args.cmd == "sample":
-        from .phantoms import write_studies
+        from .memory_phantoms import make_twins
+        from .phantoms import make_phantom, save_nifti
 
-        existing = sorted(args.dir.glob("*.nii.gz"))
-        ids = [p.name[:-7] for p in existing] or write_studies(args.dir, args.count, shape=(128, 128, 48))
-        print(f"sample study in {args.dir}: {', '.join(ids)}")
+        makers = {f"phantom_{n:03d}": lambda n=n: make_phantom(SAMPLE_SHAPE, seed=n) for n in range(args.count)}
+        makers["twins_000"] = lambda: make_twins(SAMPLE_SHAPE, seed=0)
+        for image_id, make in makers.items():  # only what is missing: a folder from an older version is completed
+            if not (args.dir / f"{image_id}.nii.gz").exists():
+                save_nifti(make(), args.dir / f"{image_id}.nii.gz")
+        print(f"sample study in {args.dir}: {', '.join(makers)}")
     elif args.cmd == "demo-model":
-        from .demo_model import DEMO_STEPS, train_demo_model
+        from .demo_model import PROMPT_STEPS, TRACK_STEPS, train_demo_model
 
-        r = train_demo_model(args.out, steps=args.steps or DEMO_STEPS,
-                             log=lambda e: print(e, flush=True) if "val_dice" in e or e["step"] % 25 == 0 else None)
-        print(f"demo model: {r.published} "
-              f"(one-click Dice on a held-out phantom {r.initial_dice:.2f} -> {r.best_dice:.2f})")
+        r = train_demo_model(args.out, seed=args.seed, prompt_steps=args.prompt_steps or PROMPT_STEPS,
+                             track_steps=args.track_steps or TRACK_STEPS,
+                             log=lambda e: print(e, flush=True) if "val_dice" in e or e["step"] % 50 == 0 else None)
+        print(f"demo model: {r.published} (validation one-click Dice {r.initial_dice:.2f} -> {r.best_dice:.2f}); "
+              f"its sha256 goes into model/manifest.json (entry 'demo') when it replaces the shipped one")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Which weights and which architecture: the manifest, downloading with verification, building.
 
-`--conf checkpoint` names a manifest entry (model/manifest.json) or a file; `--conf model_config`
+`--conf checkpoint` names a manifest entry (model/manifest.json) or a file; an entry without a `url`
+is shipped in the repository (the small demo model under model/demo/, its sha256 in the manifest); `--conf model_config`
 names a SAM2 config shipped with the `sam2` package (e.g. "sam2.1_hiera_t"), one of this project's
 configs (medsam2/configs/*.yaml, e.g. "sam2.1_hiera_micro") or a .yaml path. Checkpoints are only ever
 read with `torch.load(weights_only=True)`: a checkpoint is data, never code.
@@ -116,6 +117,10 @@ def resolve_spec(
             model_config = model_config or entry["model_config"]
             image_size = image_size or entry.get("image_size")
             ckpt_path = model_dir / entry["file"]
+            if not ckpt_path.exists() and not entry.get("url"):
+                raise CheckpointError(
+                    f"checkpoint {checkpoint!r} is shipped in the repository as {ckpt_path}, which is missing: restore it "
+                    f"(git checkout -- {Path('model') / entry['file']}) or rebuild it with `{entry.get('reproduce', '?')}`")
             if not ckpt_path.exists():
                 if not fetch:
                     raise CheckpointError(f"checkpoint {checkpoint!r} is not downloaded yet ({ckpt_path})")

@@ -7,6 +7,9 @@
       engine as the infer task; prints per-structure Dice / NSD and writes summary.json, summary.csv,
       cases.json, cases.csv and dice_vs_interactions.png into DIR
   make-phantoms OUTDIR --count N     synthetic phantoms with labels, as a datastore folder
+  make-memory-phantoms OUTDIR --kind twins --count N
+                                     phantoms only a memory can segment (identical twins, fades, gaps,
+                                     drifting contrast: medsam2.memory_phantoms), as a datastore folder
   make-mni152 OUTDIR                 the MNI152 brain shipped in nilearn, labelled brain / white matter /
                                      lateral ventricles (derivation: medsam2.evaluation.datasets)
 """
@@ -33,9 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--image-size", type=int, default=None)
     r.add_argument("--model-dir", type=Path, default=MODEL_DIR)
     r.add_argument("--policy", nargs="+", default=["fifo"], help="memory policies to compare (default: fifo)")
-    r.add_argument("--protocol", default="click", help="first prompt: click or box; 'click+3' adds 3 corrections")
-    r.add_argument("--key-slice", default="largest", choices=["largest", "end"],
-                   help="prompt the largest slice, or one near the structure's end (long-range propagation)")
+    r.add_argument("--protocol", default="click",
+                   help="first prompt: click or box; 'click+3' adds 3 corrections; cvpr25: the CVPR 2025 challenge's "
+                        "box on the middle slice with its slice range, then 5 clicks on the largest 3D error")
+    r.add_argument("--key-slice", default="largest", choices=["largest", "end", "middle"],
+                   help="prompt the largest slice, one near the structure's end (long-range propagation), or the "
+                        "middle of its extent")
     r.add_argument("--corrections", type=int, default=None, help="corrective clicks after the first prompt")
     r.add_argument("--box-jitter", type=float, default=0.0, help="random box error, fraction of its size (seeded)")
     r.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm")
@@ -47,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--directions", default="independent", help="as the server's --conf directions")
     r.add_argument("--settle-slices", type=int, default=0, help="as the server's --conf settle_slices")
     r.add_argument("--precision", default="auto", help="as the server's --conf precision")
+    r.add_argument("--orientations", default="axial",
+                   help="slice orientations to segment along, e.g. axial,coronal,sagittal: passes fused by vote "
+                        "(MedSAM-2's multi-orientation; medsam2.orientations)")
     r.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: ./evaluation)")
     r.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("make-phantoms", help="write synthetic phantoms as a datastore folder")
@@ -54,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=5)
     p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32], metavar=("I", "J", "K"))
     p.add_argument("--seed", type=int, default=100, help="first seed (default 100: not a demo-model training seed)")
+    t = sub.add_parser("make-memory-phantoms", help="write twins / fading / drifting phantoms as a datastore folder")
+    t.add_argument("outdir", type=Path)
+    t.add_argument("--kind", default="twins", help="twins[+fade][+gap][+drift] or phantom+fade")
+    t.add_argument("--count", type=int, default=5)
+    t.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32], metavar=("I", "J", "K"))
+    t.add_argument("--seed", type=int, default=5000, help="first seed (default 5000: not a demo-model training seed)")
     m = sub.add_parser("make-mni152", help="write the labelled MNI152 brain as a datastore folder")
     m.add_argument("outdir", type=Path)
     m.add_argument("--resolution", type=float, default=2.0, help="voxel size in mm (the template is 1 mm)")
@@ -72,6 +87,12 @@ def run(args) -> int:
         protocol = Protocol.parse(args.protocol, args.corrections, args.box_jitter, args.key_slice)
     except ValueError as e:
         return _fail(str(e))
+    from .orientations import parse_orientations
+
+    try:
+        orientations = parse_orientations(args.orientations)
+    except ValueError as e:
+        return _fail(str(e))
     unknown = [p for p in args.policy if p not in memory_policies()]
     if unknown:
         return _fail(f"unknown memory policy {unknown}; available: {sorted(memory_policies())}")
@@ -86,20 +107,23 @@ def run(args) -> int:
     except (CheckpointError, ValueError) as e:
         return _fail(str(e))
     structures = read_structures(args.data, json.loads(args.labels) if args.labels else None)
-    settings = RunSettings(protocol, list(args.policy), args.tolerance_mm, args.seed, structures)
+    settings = RunSettings(protocol, list(args.policy), args.tolerance_mm, args.seed, structures, orientations)
     config = {
         "data": str(args.data), "cases": [c.id for c in cases], "checkpoint": str(spec.checkpoint or "random"),
         "model_config": spec.model_config, "image_size": int(segmenter.model.image_size), "device": str(device),
         "policies": settings.policies, "protocol": protocol.name, "corrections": protocol.corrections,
-        "box_jitter": protocol.box_jitter, "key_slice": protocol.key_slice, "tolerance_mm": args.tolerance_mm,
+        "box_jitter": protocol.box_jitter, "key_slice": protocol.key_slice, "slice_range": protocol.slice_range,
+        "correction_rule": protocol.correction_rule, "time_limit_s": protocol.time_limit_s,
+        "tolerance_mm": args.tolerance_mm,
         "seed": args.seed, "intensity": args.intensity, "directions": args.directions,
         "settle_slices": args.settle_slices, "precision": args.precision, "structures": structures,
+        "orientations": list(orientations),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     t0 = time.perf_counter()
     records = evaluate_cases(segmenter, cases, settings, progress=not args.no_progress)
     config["seconds"] = round(time.perf_counter() - t0, 1)
-    rows = summarize(records, protocol.interactions)
+    rows = summarize(records, protocol.interactions, protocol.time_limit_s)
     paths = write_report(args.out, records, rows, config)
     print(f"\n{len(cases)} cases, protocol {protocol.name}, NSD tolerance {args.tolerance_mm} mm, "
           f"{config['device']}, {config['seconds']} s; Dice/NSD after the last interaction")
@@ -122,6 +146,14 @@ def main(argv=None) -> int:
 
         ids = make_phantoms(args.outdir, args.count, tuple(args.shape), args.seed)
         print(f"{len(ids)} phantoms with labels in {args.outdir}: {', '.join(ids)}")
+    elif args.cmd == "make-memory-phantoms":
+        from .evaluation.datasets import make_memory_phantoms
+
+        try:
+            ids = make_memory_phantoms(args.outdir, args.kind, args.count, tuple(args.shape), args.seed)
+        except ValueError as e:
+            return _fail(str(e))
+        print(f"{len(ids)} {args.kind} phantoms with labels in {args.outdir}: {', '.join(ids)}")
     elif args.cmd == "make-mni152":
         from .evaluation.datasets import make_mni152
 

@@ -25,6 +25,7 @@ class Phantom:
     label: np.ndarray  # uint8, values from `labels`
     spacing: tuple[float, float, float]
     labels: dict[str, int] = field(default_factory=lambda: dict(PHANTOM_LABELS))
+    notes: dict = field(default_factory=dict)  # what a generator drew (memory_phantoms.py: fades, gaps)
 
     @property
     def affine(self) -> np.ndarray:

@@ -2,7 +2,7 @@
 # Install everything, write the bundled sample study, and start the MONAI Label server on it.
 #   bash scripts/start.sh                      # SAM 2.1 Hiera-Tiny (downloaded into model/ on first run)
 #   CHECKPOINT=medsam2 bash scripts/start.sh   # any name in model/manifest.json, or a .pt path
-#   CHECKPOINT=demo bash scripts/start.sh      # offline: a small model trained here on phantoms (~3 min)
+#   CHECKPOINT=demo bash scripts/start.sh      # offline: the small demo model shipped in model/demo/
 #   STUDIES=/data/ct bash scripts/start.sh     # your own folder (or a DICOMweb URL) instead of the sample
 # Extra arguments go to `monailabel start_server` (e.g. --conf memory_policy self_sorting).
 set -euo pipefail
@@ -16,15 +16,9 @@ PORT=${PORT:-8000}
 if [ "$STUDIES" = sample-data/studies ]; then
   python -m medsam2 sample "$STUDIES"
 fi
-conf=()
-if [ "$CHECKPOINT" = demo ]; then
-  [ -f model/demo_micro.pt ] || python -m medsam2 demo-model model/demo_micro.pt
-  conf=(--conf checkpoint model/demo_micro.pt --conf model_config sam2.1_hiera_micro)
-else
-  python -m medsam2 fetch "$CHECKPOINT" || {
-    echo "The server starts anyway; inference will answer with the message above until the checkpoint is in place."
-    echo "Offline? Try: CHECKPOINT=demo bash scripts/start.sh"
-  }
-  conf=(--conf checkpoint "$CHECKPOINT")
-fi
-exec monailabel start_server --app apps/medsam2 --studies "$STUDIES" --host "$HOST" --port "$PORT" "${conf[@]}" "$@"
+python -m medsam2 fetch "$CHECKPOINT" || {
+  echo "The server starts anyway; inference will answer with the message above until the checkpoint is in place."
+  [ "$CHECKPOINT" = demo ] || echo "Offline? Try: CHECKPOINT=demo bash scripts/start.sh"
+}
+exec monailabel start_server --app apps/medsam2 --studies "$STUDIES" --host "$HOST" --port "$PORT" \
+  --conf checkpoint "$CHECKPOINT" "$@"

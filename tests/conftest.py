@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.server import free_port, launch_server, stop_server, wait_for_task  # noqa: E402,F401 (re-exported)
 
-CACHE = REPO / ".cache" / "test-models"
+from medsam2.demo_model import DEMO_CONFIG  # noqa: E402 (re-exported: the config of trained_checkpoint)
+
+TWINS_SEED = 5010  # the studies' twins_5010
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +36,12 @@ def random_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_checkpoint() -> Path:
-    """The micro config trained from scratch on phantoms by the project's trainer (cached in .cache/)."""
-    from medsam2.demo_model import DEMO_STEPS, train_demo_model
+    """The demo model shipped in model/demo/ (the nano config trained from scratch by the project's own
+    trainer, medsam2/demo_model.py), checked against the sha256 in model/manifest.json. Serve it with
+    model_config DEMO_CONFIG."""
+    from medsam2.checkpoints import resolve_spec
 
-    path = CACHE / f"demo_micro_c2_{DEMO_STEPS}.pt"
-    if not path.exists():
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        result = train_demo_model(path, steps=DEMO_STEPS, log=lambda e: None)
-        print(f"\ntrained test model: one-click Dice {result.initial_dice:.3f} -> {result.best_dice:.3f} "
-              f"in {result.seconds:.0f}s", file=sys.stderr)
-    return path
+    return resolve_spec("demo", None, None, REPO / "model").checkpoint
 
 
 class Server:
@@ -64,15 +62,18 @@ def start_server(studies: Path, conf: dict, log: Path, env_extra: dict | None = 
 
 @pytest.fixture(scope="session")
 def studies(tmp_path_factory) -> Path:
-    """Three phantom volumes (phantom_500..502), three images the 3D task must refuse, and two 2D
-    images (the middle slices of phantoms 510 and 511) for One-Prompt."""
+    """Three phantom volumes (phantom_500..502), a pair of identical-looking twins (twins_5010, held out
+    from the demo model's training), three images the 3D task must refuse, and two 2D images (the
+    middle slices of phantoms 510 and 511) for One-Prompt."""
     import nibabel as nib
     import numpy as np
 
-    from medsam2.phantoms import make_phantom, write_studies
+    from medsam2.memory_phantoms import make_twins
+    from medsam2.phantoms import make_phantom, save_nifti, write_studies
 
     folder = tmp_path_factory.mktemp("studies")
     write_studies(folder, 3, shape=(64, 64, 32), seed=500)
+    save_nifti(make_twins((64, 64, 32), seed=TWINS_SEED), folder / "twins_5010.nii.gz")
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(2000))  # gzip magic, then garbage
     nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), str(folder / "flat2d.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 8, 3), np.int16), np.eye(4)), str(folder / "stack4d.nii.gz"))
@@ -85,9 +86,15 @@ def studies(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(studies, trained_checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    conf = {"checkpoint": trained_checkpoint, "model_config": "sam2.1_hiera_micro",
+    conf = {"checkpoint": trained_checkpoint, "model_config": DEMO_CONFIG,
             "model_dir": tmp_path_factory.mktemp("served_model")}
     s = start_server(studies, conf, log)
     s.conf = conf
     yield s
     stop_server(s.proc)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Fast unit tests first, then the tests that start the real server (marked e2e), each group in
+    file order: a broken engine is reported in seconds, before any server starts."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)

@@ -33,6 +33,37 @@ def test_an_unreachable_download_says_what_failed_and_where_to_put_the_file(tmp_
     assert not list(tmp_path.glob("*.part")) and not (tmp_path / "x.pt").exists()
 
 
+def test_the_shipped_demo_model_is_in_the_manifest_verified_and_builds_with_its_config():
+    from medsam2.checkpoints import sha256_of
+
+    entry = load_manifest(REPO / "model")["demo"]
+    path = REPO / "model" / entry["file"]
+    assert entry["url"] is None and entry["file"].startswith("demo/") and entry["model_config"] == "sam2.1_hiera_nano"
+    assert path.stat().st_size <= 8 * 2**20 and sha256_of(path) == entry["sha256"]
+    assert "python -m medsam2 demo-model" in entry["reproduce"]
+    spec = resolve_spec("demo", None, None, REPO / "model")
+    assert spec.checkpoint == path and spec.image_size == entry["image_size"] == 128
+    model = build_model(spec)  # strict: every tensor fits the config
+    assert sum(p.numel() for p in model.parameters()) < 4e6
+
+
+def test_a_shipped_checkpoint_that_is_missing_or_altered_says_how_to_get_it_back(tmp_path, random_checkpoint):
+    from medsam2.checkpoints import sha256_of
+
+    entry = {"url": None, "file": "demo/d.pt", "sha256": sha256_of(random_checkpoint), "model_config": "sam2.1_hiera_micro",
+             "reproduce": "python -m medsam2 demo-model model/demo/d.pt"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"d": entry}))
+    with pytest.raises(CheckpointError) as e:
+        resolve_spec("d", None, None, tmp_path)
+    assert "git checkout -- model/demo/d.pt" in str(e.value) and entry["reproduce"] in str(e.value)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "d.pt").write_bytes(random_checkpoint.read_bytes())
+    assert resolve_spec("d", None, None, tmp_path).checkpoint == tmp_path / "demo" / "d.pt"
+    (tmp_path / "demo" / "d.pt").write_bytes(random_checkpoint.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="sha256"):
+        resolve_spec("d", None, None, tmp_path)
+
+
 def test_unknown_checkpoint_name_lists_the_known_ones():
     with pytest.raises(CheckpointError, match="sam2.1_hiera_tiny"):
         resolve_spec("no-such-model", None, None, REPO / "model")

@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:  # `benchmarks` is a top-level folder, not an inst
 
 from benchmarks.annotators import (INFER_KINDS, InFlight, evict_sessions, make_scenario, run_alone,  # noqa: E402
                                    run_together)
-from conftest import start_server, stop_server  # noqa: E402
+from conftest import DEMO_CONFIG, start_server, stop_server  # noqa: E402
 from medsam2.phantoms import make_phantom, write_studies  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ def busy_server(trained_checkpoint, tmp_path_factory):
     studies = tmp_path_factory.mktemp("concurrency_studies")
     images = write_studies(studies, 4, shape=SHAPE, seed=600)
     log = tmp_path_factory.mktemp("concurrency_logs") / "server.log"
-    server = start_server(studies, {"checkpoint": trained_checkpoint, "model_config": "sam2.1_hiera_micro",
+    server = start_server(studies, {"checkpoint": trained_checkpoint, "model_config": DEMO_CONFIG,
                                     "model_dir": tmp_path_factory.mktemp("concurrency_model"),
                                     "cache_entries": CACHE_ENTRIES, "infer_concurrency": INFER_CONCURRENCY}, log)
     server.truths = {image: make_phantom(SHAPE, seed=600 + n).label for n, image in enumerate(images)}

@@ -5,6 +5,7 @@ import pytest
 
 from medsam2.checkpoints import ModelSpec, build_model
 from medsam2.clicks import interior_point, largest_slice
+from medsam2.demo_model import DEMO_CONFIG
 from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 from medsam2.propagation import Segmenter
 from medsam2.prompts import parse_objects
@@ -12,7 +13,7 @@ from medsam2.prompts import parse_objects
 
 @pytest.fixture(scope="module")
 def segmenter(trained_checkpoint):
-    return Segmenter(build_model(ModelSpec("sam2.1_hiera_micro", checkpoint=trained_checkpoint)))
+    return Segmenter(build_model(ModelSpec(DEMO_CONFIG, checkpoint=trained_checkpoint)))
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,12 @@ def test_one_click_segments_the_clicked_slice_and_slices_on_both_sides(segmenter
     assert result.label.shape == case.image.shape and result.label.dtype == np.uint8
     covered = np.nonzero(pred.any(axis=(0, 1)))[0]
     assert covered.min() < k - 3 and covered.max() > k + 3, covered
-    # the clicked slice itself (random weights give about 0.45 here; trained runs 0.77 to 0.95)
-    assert dice(pred[:, :, k], truth[:, :, k]) > 0.65
+    # the clicked slice itself (random weights give about 0.45 here)
+    assert dice(pred[:, :, k], truth[:, :, k]) > 0.8
     assert not np.isnan(result.objects[0].ious[covered]).any()
 
 
 def test_a_structure_spanning_the_volume_is_segmented_before_and_after_the_click(segmenter, case):
-    # The small model trained here finds a structure on other slices by its appearance (it does not
-    # learn to use SAM2's memory in minutes of CPU, see demo_model.py); the vessel is the structure it
-    # can follow, so this is where slices away from the click are checked against the truth.
     truth = case.label == PHANTOM_LABELS["vessel"]
     i, j, k = click_on(truth)
     pred = segmenter.segment(segmenter.open(case.image), parse_objects({"foreground": [[i, j, k]]},

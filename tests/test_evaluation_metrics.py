@@ -176,3 +176,91 @@ def test_the_end_key_slice_is_near_the_first_slice_of_the_structure():
     assert key_slice(truth, "largest") == 30
     k = key_slice(truth, "end")
     assert 5 <= k <= 8
+
+
+# ---- the CVPR 2025 challenge protocol -------------------------------------------------------
+
+def test_cvpr25_is_a_box_on_the_middle_slice_with_its_slice_range_then_five_clicks():
+    p = Protocol.parse("cvpr25")
+    assert (p.name, p.first, p.corrections, p.interactions) == ("cvpr25", "box", 5, 6)
+    assert p.key_slice == "middle" and p.slice_range and p.correction_rule == "largest_component"
+    assert p.time_limit_s == 90.0
+    truth = np.zeros((20, 16, 12), bool)
+    truth[3:9, 4:12, 2:9] = True  # slices 2..8: the middle is 5
+    truth[2:10, 4:12, 3] = True  # larger on slice 3 (not the middle)
+    step = first_interaction(p, truth, np.random.default_rng(0))
+    assert (step.kind, step.k, step.box, step.slices) == ("box", 5, (3.0, 4.0, 9.0, 12.0), (2, 8))
+    obj = ObjectPrompt("x")
+    add_to_prompt(obj, step, truth.shape)
+    assert obj.box == (5, (3.0, 4.0, 9.0, 12.0)) and obj.roi == (0, 19, 0, 15, 2, 8)
+
+
+def test_the_middle_slice_moves_to_the_nearest_slice_holding_the_structure():
+    from medsam2.evaluation.protocols import key_slice
+
+    truth = np.zeros((6, 6, 12), bool)
+    truth[1:4, 1:4, [1, 2, 3, 9, 10]] = True  # extent 1..10, middle 5 is empty; 3 is nearer than 9
+    assert key_slice(truth, "middle") == 3
+
+
+def test_cvpr25_corrections_go_to_the_centre_of_the_largest_3d_error_component():
+    from medsam2.evaluation.protocols import component_correction
+
+    truth = np.zeros((30, 30, 20), bool)
+    truth[2:12, 2:12, 2:12] = True
+    pred = truth.copy()
+    pred[3:8, 3:8, 5:10] = False  # missed: a 5 x 5 x 5 cube (125 voxels), centre (5, 5, 7)
+    pred[20:24, 20:24, 10:14] = True  # false positive: 4 x 4 x 4 (64 voxels)
+    step = component_correction(pred, truth)
+    assert (step.kind, step.i, step.j, step.k) == ("fg", 5.0, 5.0, 7)
+    pred[3:8, 3:8, 5:10] = True  # now the false positive is the largest error
+    step = component_correction(pred, truth)
+    assert step.kind == "bg" and 20 <= step.i < 24 and 20 <= step.j < 24 and 10 <= step.k < 14
+    assert component_correction(truth, truth) is None
+    # the slice-wise rule would have clicked elsewhere: a thin missed sheet is one slice's worst error
+    sheet = truth.copy()
+    sheet[2:12, 2:12, 2] = False  # 100 voxels on one slice, but one 3D component of 100
+    sheet[3:8, 3:8, 5:10] = False  # 125 voxels over 5 slices (25 per slice)
+    assert correction(sheet, truth).k == 2 and component_correction(sheet, truth).k == 7
+
+
+def test_auc_is_the_trapezoid_over_interactions_and_over_time_structures_score_zero():
+    from medsam2.evaluation.report import auc, summarize
+
+    assert auc([0.5, 0.7, 0.9]) == pytest.approx((0.5 + 0.7) / 2 + (0.7 + 0.9) / 2)
+
+    def run(case, dices, seconds):
+        return [{"case": case, "structure": "s", "policy": "fifo", "interaction": n + 1, "dice": d, "nsd": d,
+                 "seconds": seconds, "slices_before": 1, "slices_after": 1, "truth_slices_before": 1,
+                 "truth_slices_after": 1, "dice_before": d, "dice_after": d, "other_covered": 0.0}
+                for n, d in enumerate(dices)]
+
+    records = run("a", [0.5, 0.7, 0.9], 1.0) + run("b", [0.6, 0.8], 1.0) + run("c", [0.9, 0.9, 0.9], 40.0)
+    rows = {r["structure"]: r for r in summarize(records, 3, time_limit_s=90.0)}
+    row = rows["s"]
+    assert row["over_time"] == 1  # case c took 120 s
+    assert row["dice_mean"] == pytest.approx((0.9 + 0.8 + 0.0) / 3, abs=1e-4)
+    # b stopped early (exact): its last value is carried forward
+    assert row["dice_auc_mean"] == pytest.approx((1.4 + (0.7 + 0.8) + 0.0) / 3, abs=1e-4)
+    assert row["dice_by_interaction"] == pytest.approx([(0.5 + 0.6) / 3, (0.7 + 0.8) / 3, (0.9 + 0.8) / 3], abs=1e-4)
+    unlimited = summarize(records, 3)[0]
+    assert unlimited["over_time"] == 0 and unlimited["dice_mean"] == pytest.approx((0.9 + 0.8 + 0.9) / 3, abs=1e-4)
+    assert summarize(records, 1)[0]["dice_auc_mean"] is None
+
+
+def test_side_dice_and_other_covered_on_hand_made_twins():
+    from medsam2.evaluation.metrics import other_covered, side_dice
+
+    truth = np.zeros((10, 10, 7), bool)
+    truth[1:4, 1:4, 1:6] = True
+    twin = np.zeros_like(truth)
+    twin[6:9, 6:9, 1:6] = True
+    pred = truth.copy()
+    pred[:, :, 4:] = False  # lost after slice 3
+    pred[6:9, 6:9, 5] = True  # and took the twin on slice 5
+    sides = side_dice(pred, truth, key_slice=2)
+    assert sides["dice_before"] == pytest.approx(1.0)
+    assert sides["dice_after"] == pytest.approx(2 * 9 / (18 + 27))  # slice 3 right; 4-5 missed; 9 extra
+    assert other_covered(pred, twin) == pytest.approx(9 / 45)
+    assert np.isnan(side_dice(truth, truth, key_slice=0)["dice_before"])  # nothing on either side
+    assert np.isnan(other_covered(pred, None))

@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:  # `benchmarks` is a top-level folder, not an inst
 
 from benchmarks.speed import build_stock_predictor, dice, make_case, stock_track, write_jpegs  # noqa: E402
 from medsam2.checkpoints import ModelSpec, build_model  # noqa: E402
+from medsam2.demo_model import DEMO_CONFIG  # noqa: E402
 from medsam2.clicks import interior_point, largest_slice  # noqa: E402
 from medsam2.frames import frames_from_scaled, scale_volume  # noqa: E402
 from medsam2.memory import SelfSortingPolicy  # noqa: E402
@@ -137,7 +138,7 @@ def test_stopping_after_empty_slices_skips_their_encoding_and_matches_the_plain_
     k = largest_slice(organ) + 8
     x, y = interior_point((case.label[:, :, k] == PHANTOM_LABELS["organ"]).T)
     objects = parse_objects({"foreground": [[x, y, k]]}, volume.shape)
-    model = build_model(ModelSpec("sam2.1_hiera_micro", checkpoint=trained_checkpoint))
+    model = build_model(ModelSpec(DEMO_CONFIG, checkpoint=trained_checkpoint))
     results, encoded = {}, {}
     for engine in ("plain", "batched"):
         seg = Segmenter(model, engine=engine, stop_after_empty=2)

@@ -177,3 +177,83 @@ def test_ddp_with_two_gloo_processes_gives_the_single_process_gradients(tmp_path
     assert set(single) == set(ddp_grads) and len(single) > 50
     for name, g in single.items():
         torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---- does the loss teach the memory? (medsam2.training.diagnostics) -----------------------------
+
+@pytest.fixture(scope="module")
+def twin_clips():
+    from medsam2.memory_phantoms import make_twins
+
+    volumes = [LabelledVolume(p.image, p.label) for p in (make_twins(seed=s) for s in (3, 4))]
+    sampler = ClipSampler(volumes, image_size=128, clip_len=6, max_objects=2, seed=0, p_exit=0.0)
+    return [sampler.sample() for _ in range(2)]
+
+
+@pytest.mark.parametrize("config", ["sam2.1_hiera_micro", "sam2.1_hiera_nano"])
+def test_the_loss_on_tracked_slices_reaches_memory_attention_encoder_and_pointers(config, twin_clips):
+    from medsam2.training.diagnostics import tracked_gradient_norms
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(config), for_training=True)
+    norms = tracked_gradient_norms(model, twin_clips, np.random.default_rng(0))
+    assert norms["memory_attention"] > 1e-3 and norms["memory_encoder"] > 1e-3
+    assert norms["mask_decoder"] > 1e-3 and norms["image_encoder"] > 1e-3
+    if config == "sam2.1_hiera_micro":  # stock SAM 2.1 memory attention reads the object pointers
+        assert norms["object_pointers"] > 1e-4
+    assert all(p.grad is None for p in model.parameters())  # the measurement leaves no gradient behind
+
+
+def test_the_prompted_slices_alone_teach_the_memory_nothing(twin_clips):
+    """The measurement can tell the two apart: memory attention runs on tracked slices only, so a loss
+    on prompted slices alone gives it no gradient (the tracked weight at 0)."""
+    from medsam2.training.diagnostics import gradient_norms
+    from medsam2.training.objective import LossWeights
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("sam2.1_hiera_micro"), for_training=True)
+    objective = ClipObjective(model, LossWeights(tracked=0.0), PromptSettings(p_mask=0.0))
+    objective(twin_clips[0], np.random.default_rng(0))["loss"].backward()
+    norms = gradient_norms(model)
+    assert norms["memory_attention"] == 0.0 and norms["mask_decoder"] > 1e-3
+
+
+def test_loss_parts_report_prompted_and_tracked_slices_and_pointer_distances_use_the_volume(twin_clips):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("sam2.1_hiera_micro"), for_training=True)
+    seen = []
+    original = model._prepare_memory_conditioned_features
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_frames"])
+        return original(*args, **kwargs)
+
+    model._prepare_memory_conditioned_features = spy
+    parts = ClipObjective(model, prompts=PromptSettings(p_mask=0.0))(twin_clips[0], np.random.default_rng(0))
+    assert {"loss", "mask", "iou", "object_score", "prompted_mask", "tracked_mask"} <= set(parts)
+    assert parts["tracked_mask"] > 0 and parts["prompted_mask"] > 0
+    # SAM 2 normalises pointer distances by min(num_frames, 16) - 1: the volume's 32 slices, not the clip's 6
+    assert set(seen) == {32}
+
+
+def test_teacher_forced_memories_are_the_true_masks_encoded(twin_clips):
+    from medsam2.training.objective import LossWeights
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("sam2.1_hiera_nano"), for_training=True).eval()
+    objective = ClipObjective(model, LossWeights(), PromptSettings(p_mask=0.0, p_true_memory=1.0, p_two_cond_frames=0.0))
+    clip = twin_clips[0]
+    encoded = []
+    original = model._encode_new_memory
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        encoded.append((kwargs["pred_masks_high_res"].detach(), kwargs["is_mask_from_pts"]))
+        return out
+
+    model._encode_new_memory = spy
+    with torch.no_grad():
+        objective(clip, np.random.default_rng(0))
+    tracked = [m for m, from_pts in encoded if not from_pts][-(clip.frames.shape[0] - 1):]
+    for t, masks in enumerate(tracked, start=1):  # the memory of tracked frame t: its true masks, +-20 logits
+        assert torch.equal(masks > 0, clip.masks[t][:, None]) and masks.abs().min() == 20

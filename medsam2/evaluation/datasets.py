@@ -93,6 +93,25 @@ def make_phantoms(outdir: Path, count: int, shape=(64, 64, 32), seed: int = 100)
     return ids
 
 
+def make_memory_phantoms(outdir: Path, kind: str = "twins", count: int = 5, shape=(64, 64, 32),
+                         seed: int = 5000) -> list[str]:
+    """Write `count` memory phantoms of one kind (medsam2.memory_phantoms) with final labels and
+    labels.json. Seeds from 5000 up are never used to train the demo model (it trains on 0-999)."""
+    from ..memory_phantoms import make_memory_phantom
+    from ..phantoms import save_nifti
+
+    outdir = Path(outdir)
+    ids, labels = [], None
+    for n in range(count):
+        p = make_memory_phantom(kind, tuple(shape), seed=seed + n)
+        image_id = f"{kind.replace('+', '_')}_{seed + n:04d}"
+        save_nifti(p, outdir / f"{image_id}.nii.gz", outdir / "labels" / "final" / f"{image_id}.nii.gz")
+        ids.append(image_id)
+        labels = p.labels
+    (outdir / LABELS_FILE).write_text(json.dumps(labels, indent=2) + "\n")
+    return ids
+
+
 # ---- MNI152 -----------------------------------------------------------------------------------
 
 MNI_VALUES = {"other_brain": 1, "white_matter": 2, "lateral_ventricles": 3}

@@ -9,6 +9,11 @@ Empty masks, decided once here (MONAI alone gives nan for some of these):
   truth and prediction both empty  -> Dice = NSD = 1 (nothing to find, nothing found);
   exactly one of them empty        -> Dice = NSD = 0 (the structure was missed, or invented).
 The benchmark only scores structures present in the truth, so the first case arises in tests only.
+
+Two figures say whether a structure was *followed*: Dice on the slices before and on the slices
+after the prompted one (nan on a side where neither truth nor prediction has anything), and the
+share of the other labelled structures' voxels the prediction covers (`other_covered`: a model that
+segments every look-alike scores a high Dice on a pair of twins' union but covers the other twin).
 """
 
 from __future__ import annotations
@@ -65,7 +70,25 @@ def slice_coverage(pred: np.ndarray, truth: np.ndarray, key_slice: int) -> dict[
     }
 
 
-def structure_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float, key_slice: int) -> dict:
+def side_dice(pred: np.ndarray, truth: np.ndarray, key_slice: int) -> dict[str, float]:
+    """Dice over the slices before and over the slices after the prompted one (see module docstring)."""
+    out = {}
+    for name, part in (("dice_before", np.s_[:, :, :key_slice]), ("dice_after", np.s_[:, :, key_slice + 1:])):
+        p, t = np.asarray(pred)[part], np.asarray(truth)[part]
+        out[name] = float("nan") if not p.any() and not t.any() else dice(p, t)
+    return out
+
+
+def other_covered(pred: np.ndarray, others: np.ndarray | None) -> float:
+    """Share of `others` (other structures' voxels, outside the truth) that the prediction covers."""
+    if others is None or not np.any(others):
+        return float("nan")
+    return float(np.logical_and(pred, others).sum() / np.sum(others))
+
+
+def structure_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float, key_slice: int,
+                      others: np.ndarray | None = None) -> dict:
     """Everything the benchmark records for one structure after one interaction."""
     return {"dice": dice(pred, truth), "nsd": surface_dice(pred, truth, spacing, tolerance_mm),
+            **side_dice(pred, truth, key_slice), "other_covered": other_covered(pred, others),
             **slice_coverage(pred, truth, key_slice)}

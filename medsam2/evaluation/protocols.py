@@ -9,6 +9,13 @@ then up to `corrections` corrective clicks, each in the largest error region of 
 a false-positive one, at that region's most interior pixel. Every prompt is replayed and the volume
 re-propagated after each click, as the server does for each request.
 
+`cvpr25` is the protocol of the CVPR 2025 challenge on interactive 3D segmentation (how interactive 3D
+models are compared today): a box on the structure's middle slice together with its slice range
+(the result is bounded to those slices), then 5 corrective clicks, each at the centre (largest
+distance-transform value) of the largest 3D connected error component, missed or false positive,
+re-running after each; a structure whose 6 inferences take more than 90 s in total scores 0
+(report.py applies that rule and counts such structures).
+
 Placement uses medsam2.clicks (shared with training) and depends only on the masks; the seed drives
 the one random part (box jitter), so the same seed gives the same clicks and, the engine being
 deterministic, the same results. Positions are recorded as voxel indices (i, j, k).
@@ -22,14 +29,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
+from scipy import ndimage
 
 from ..clicks import bounding_box, corrective_click, interior_point, largest_slice
 from ..prompts import ObjectPrompt
 
 FIRST_PROMPTS = ("box", "click")
-
-
-KEY_SLICES = ("largest", "end")
+KEY_SLICES = ("largest", "end", "middle")
+CORRECTION_RULES = ("worst_slice", "largest_component")
 
 
 @dataclass(frozen=True)
@@ -37,28 +44,44 @@ class Protocol:
     first: str = "click"
     corrections: int = 0
     box_jitter: float = 0.0
-    key_slice: str = "largest"  # "end": near the structure's first slice, for long-range propagation
+    key_slice: str = "largest"  # "end": near the structure's first slice (long range); "middle": of its extent
+    slice_range: bool = False  # the box also gives the structure's first and last slice (bounds the result)
+    correction_rule: str = "worst_slice"  # or "largest_component": centre of the largest 3D error component
+    time_limit_s: float | None = None  # a structure whose inferences take longer in total scores 0
+    label: str | None = None  # a name of its own (cvpr25)
 
     def __post_init__(self):
         if self.first not in FIRST_PROMPTS:
             raise ValueError(f"unknown first prompt {self.first!r}: use one of {FIRST_PROMPTS}")
         if self.key_slice not in KEY_SLICES:
             raise ValueError(f"unknown key slice {self.key_slice!r}: use one of {KEY_SLICES}")
+        if self.correction_rule not in CORRECTION_RULES:
+            raise ValueError(f"unknown correction rule {self.correction_rule!r}: use one of {CORRECTION_RULES}")
         if self.corrections < 0:
             raise ValueError("corrections must be >= 0")
 
     @classmethod
+    def cvpr25(cls) -> "Protocol":
+        """The CVPR 2025 interactive 3D segmentation challenge's protocol (module docstring)."""
+        return cls("box", 5, 0.0, "middle", slice_range=True, correction_rule="largest_component",
+                   time_limit_s=90.0, label="cvpr25")
+
+    @classmethod
     def parse(cls, spec: str, corrections: int | None = None, box_jitter: float = 0.0,
               key_slice: str = "largest") -> "Protocol":
-        """"click", "box", or with corrections "click+3" (an explicit `corrections` wins)."""
+        """"click", "box", with corrections "click+3" (an explicit `corrections` wins), or "cvpr25"."""
+        if str(spec).strip().lower() == "cvpr25":
+            return cls.cvpr25()
         m = re.fullmatch(r"\s*(box|click)\s*(?:\+\s*(\d+))?\s*", str(spec).lower())
         if not m:
-            raise ValueError(f"unknown protocol {spec!r}: use box, click, box+N or click+N")
+            raise ValueError(f"unknown protocol {spec!r}: use box, click, box+N, click+N or cvpr25")
         n = corrections if corrections is not None else int(m.group(2) or 0)
         return cls(m.group(1), int(n), float(box_jitter), key_slice)
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return f"{self.first}+{self.corrections}" if self.corrections else self.first
 
     @property
@@ -75,21 +98,28 @@ class Interaction:
     i: float | None = None
     j: float | None = None
     box: tuple[float, float, float, float] | None = None  # (i0, j0, i1, j1), i1/j1 exclusive
+    slices: tuple[int, int] | None = None  # the box's slice range (first, last), when the protocol gives it
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "k": self.k, "i": self.i, "j": self.j,
-                "box": list(self.box) if self.box is not None else None}
+                "box": list(self.box) if self.box is not None else None,
+                "slices": list(self.slices) if self.slices is not None else None}
 
 
 def key_slice(truth: np.ndarray, where: str = "largest") -> int | None:
-    """The prompted slice: where the structure is largest, or ("end") its largest slice within the
-    first 10 % of its extent, so that propagation has to cover almost the whole structure one way."""
+    """The prompted slice: where the structure is largest, ("end") its largest slice within the
+    first 10 % of its extent, so that propagation has to cover almost the whole structure one way,
+    or ("middle") the middle of its extent (the nearest slice holding it, lower first, if that one
+    does not)."""
     if where == "largest":
         return largest_slice(truth)
     areas = truth.reshape(-1, truth.shape[-1]).sum(axis=0)
     ks = np.nonzero(areas)[0]
     if ks.size == 0:
         return None
+    if where == "middle":
+        mid = (int(ks[0]) + int(ks[-1])) // 2
+        return int(ks[np.argmin(np.abs(ks - mid))])
     last = ks[0] + int(round(0.1 * (ks[-1] - ks[0])))
     near = ks[ks <= last]
     return int(near[np.argmax(areas[near])])
@@ -102,7 +132,9 @@ def first_interaction(protocol: Protocol, truth: np.ndarray, rng: np.random.Gene
         raise ValueError("the structure is empty: nothing to prompt")
     frame = truth[:, :, k].T  # frame rows are J, columns I (frames.py)
     if protocol.first == "box":
-        return Interaction("box", k, box=bounding_box(frame, rng, protocol.box_jitter))
+        ks = np.nonzero(truth.any(axis=(0, 1)))[0]
+        extent = (int(ks[0]), int(ks[-1])) if protocol.slice_range else None
+        return Interaction("box", k, box=bounding_box(frame, rng, protocol.box_jitter), slices=extent)
     x, y = interior_point(frame)
     return Interaction("click", k, i=x, j=y)
 
@@ -113,8 +145,30 @@ def worst_slice(pred: np.ndarray, truth: np.ndarray) -> int | None:
     return int(np.argmax(errors)) if errors.max() > 0 else None
 
 
-def correction(pred: np.ndarray, truth: np.ndarray) -> Interaction | None:
+def component_correction(pred: np.ndarray, truth: np.ndarray) -> Interaction | None:
+    """A click at the centre of the largest 3D connected error component (missed: foreground,
+    false positive: background): the voxel farthest from the component's border, in voxels, lowest
+    index on ties. None when the prediction is exact."""
+    best = None
+    for region, positive in ((truth & ~pred, True), (pred & ~truth, False)):
+        labels, n = ndimage.label(region)
+        if n == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        c = int(np.argmax(sizes))
+        if best is None or sizes[c] > best[0]:
+            best = (int(sizes[c]), labels == c + 1, positive)
+    if best is None:
+        return None
+    dist = ndimage.distance_transform_edt(np.pad(best[1], 1))[1:-1, 1:-1, 1:-1]
+    i, j, k = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return Interaction("fg" if best[2] else "bg", int(k), i=float(i), j=float(j))
+
+
+def correction(pred: np.ndarray, truth: np.ndarray, rule: str = "worst_slice") -> Interaction | None:
     """The next corrective click, or None when there is nothing left to correct."""
+    if rule == "largest_component":
+        return component_correction(pred, truth)
     k = worst_slice(pred, truth)
     if k is None:
         return None
@@ -122,10 +176,12 @@ def correction(pred: np.ndarray, truth: np.ndarray) -> Interaction | None:
     return Interaction("fg" if positive else "bg", k, i=x, j=y)
 
 
-def add_to_prompt(obj: ObjectPrompt, step: Interaction) -> None:
+def add_to_prompt(obj: ObjectPrompt, step: Interaction, shape=None) -> None:
     """Add an interaction to the object's prompts (voxel (i, j) is frame point (i + .5, j + .5))."""
     if step.kind == "box":
         obj.box = (step.k, step.box)
+        if step.slices is not None:  # a roi over the whole plane (of `shape`) bounds the result to the slices
+            obj.roi = (0, int(shape[0]) - 1, 0, int(shape[1]) - 1, int(step.slices[0]), int(step.slices[1]))
     else:
         obj.clicks.setdefault(step.k, []).append((step.i + 0.5, step.j + 0.5, 0 if step.kind == "bg" else 1))
 
@@ -139,10 +195,10 @@ def simulate(protocol: Protocol, truth: np.ndarray, predict: Callable[[ObjectPro
     obj = ObjectPrompt(label=label, value=value)
     pred = None
     for n in range(protocol.interactions):
-        step = first_interaction(protocol, truth, rng) if n == 0 else correction(pred, truth)
+        step = first_interaction(protocol, truth, rng) if n == 0 else correction(pred, truth, protocol.correction_rule)
         if step is None:
             return
-        add_to_prompt(obj, step)
+        add_to_prompt(obj, step, truth.shape)
         t0 = time.perf_counter()
         pred = np.asarray(predict(obj), dtype=bool)
         yield step, pred, time.perf_counter() - t0

@@ -26,6 +26,7 @@ class Clip:
     slices: list[int]  # source slice index of each frame
     values: list[int]  # label value of each object
     volume: int  # index of the source volume
+    num_slices: int = 0  # slices of the source volume (SAM2 scales pointer distances by it)
 
 
 class LabelledVolume:
@@ -90,4 +91,4 @@ class ClipSampler:
         lab = torch.from_numpy(vol.label[:, :, slices]).permute(2, 1, 0)  # (L, J, I)
         masks = torch.stack([(lab == v) for v in values], dim=1).float()  # (L, N, J, I)
         masks = F.interpolate(masks, size=(self.image_size, self.image_size), mode="nearest") > 0.5
-        return Clip(frames=frames, masks=masks, slices=slices, values=values, volume=vi)
+        return Clip(frames=frames, masks=masks, slices=slices, values=values, volume=vi, num_slices=vol.num_slices)

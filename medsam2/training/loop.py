@@ -39,12 +39,15 @@ class TrainConfig:
     max_steps: int = 200
     max_minutes: float | None = None
     lr: float | None = None  # default: 3e-4 from scratch, 5e-5 when fine-tuning
-    weight_decay: float = 0.01
+    image_encoder_lr_scale: float = 1.0  # the image encoder's lr relative to `lr` (SAM 2 fine-tuning: 0.6)
+    memory_lr_scale: float = 1.0  # memory attention's and memory encoder's lr relative to `lr`
+    weight_decay: float = 0.01  # on weights; biases, norms and embeddings get none (SAM 2's groups)
     warmup_steps: int = 20
     grad_clip: float = 1.0
     clip_len: int = 8
     max_objects: int = 3
     clips_per_step: int = 2
+    p_exit: float = 0.5  # clips that start near a structure's end and run past it (learning to stop)
     val_every: int = 50
     train_modules: str = "auto"  # auto | all | no_image_encoder
     seed: int = 0
@@ -76,6 +79,30 @@ def configure_trainable(model, train_modules: str, from_checkpoint: bool) -> boo
     for p in model.image_encoder.parameters():
         p.requires_grad_(encoder_trains)
     return encoder_trains
+
+
+NO_DECAY = ("bias", "norm", "pos_embed", "maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr",
+            "no_obj_embed_spatial", "rel_pos")
+
+
+MEMORY_MODULES = ("memory_attention.", "memory_encoder.")
+
+
+def param_groups(model, lr: float, weight_decay: float, image_encoder_lr_scale: float = 1.0,
+                 memory_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups as SAM 2's training sets them: weight decay on weights only (not on biases, norm
+    layers, positional or learned embeddings), the image encoder and the memory modules each at a
+    learning rate of their own (SAM 2's vision_lr; MedSAM-2 trains its memory at another rate too)."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim > 1 and not any(t in name for t in NO_DECAY)
+        scale = (image_encoder_lr_scale if name.startswith("image_encoder.")
+                 else memory_lr_scale if name.startswith(MEMORY_MODULES) else 1.0)
+        groups.setdefault((scale, decay), []).append(p)
+    return [{"params": ps, "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0}
+            for (scale, decay), ps in groups.items()]
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -140,10 +167,11 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     lr = cfg.lr or (5e-5 if cfg.init_checkpoint else 3e-4)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, cfg.memory_lr_scale))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
     volumes = [LabelledVolume(img, lab, cfg.intensity) for img, lab in train_pairs]
-    sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank)
+    sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
+                          p_exit=cfg.p_exit)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

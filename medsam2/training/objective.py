@@ -6,6 +6,15 @@ at inference. Loss per frame (SAM2 and MedSAM2 recipe): focal + Dice on the mask
 multimask candidates), L1 on the predicted IoU of every candidate, and binary cross-entropy on the object score. The
 object-score term is not optional: without it a fresh model predicts "no object", its masks are
 replaced by a constant and receive no gradient at all.
+
+Terms on prompted frames (one per prompt and per corrective click) and on tracked frames (segmented
+from memory alone) are weighted separately (`LossWeights.prompted`, `.tracked`; 1 and 1 by default):
+only the tracked terms teach the memory, and training/diagnostics.py weights the prompted ones 0 to
+measure what the memory modules learn from. The parts also report the mean mask loss of each kind.
+Pointer distances are scaled by the source volume's slice count (`num_frames`), as at inference,
+not by the clip's length. With `PromptSettings.p_true_memory` a clip's tracked frames are remembered
+from their true masks instead of the predictions (teacher forcing of the memory), so that early in
+training the memory attention learns from clean memories; the losses are the model's own predictions.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ class LossWeights:
     dice: float = 1.0
     iou: float = 1.0
     object_score: float = 1.0
+    prompted: float = 1.0  # weight of each term on a prompted frame (a prompt, a correction)
+    tracked: float = 1.0  # weight of each term on a frame segmented from memory alone
 
 
 class ClipObjective(torch.nn.Module):
@@ -66,18 +77,28 @@ class ClipObjective(torch.nn.Module):
             "object_score": obj.mean(),
         }
 
+    def _remember_truth(self, out: dict, truth: torch.Tensor, step: dict) -> None:
+        """Replace the frame's memory by one encoded from its true masks (teacher forcing)."""
+        present = truth.flatten(1).any(dim=1)
+        logits = torch.where(truth[:, None], 20.0, -20.0).to(out["pred_masks_high_res"].dtype)
+        score = torch.where(present, 10.0, -10.0)[:, None].to(logits.dtype)
+        out["maskmem_features"], out["maskmem_pos_enc"] = self.model._encode_new_memory(
+            current_vision_feats=step["current_vision_feats"], feat_sizes=step["feat_sizes"],
+            pred_masks_high_res=logits, object_score_logits=score, is_mask_from_pts=False)
+
     def forward(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         model = self.model
         device = next(model.parameters()).device
         frames = clip.frames.to(device)
         truth = clip.masks.to(device)  # (L, N, S, S)
         L, N = truth.shape[:2]
+        num_frames = max(L, int(clip.num_slices or 0))  # pointer distances scaled as in the whole volume
         with torch.set_grad_enabled(self.train_image_encoder and torch.is_grad_enabled()):
             backbone = model.forward_image(frames)
         cond = [0] + ([1] if L > 1 and rng.random() < self.prompts.p_two_cond_frames else [])
+        true_memory = rng.random() < self.prompts.p_true_memory
         memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        totals = {"mask": 0.0, "iou": 0.0, "object_score": 0.0}
-        n_terms = 0
+        terms: list[tuple[bool, dict[str, torch.Tensor]]] = []  # (prompted, loss parts)
         for t in range(L):
             frame_out = {
                 "backbone_fpn": [f[t : t + 1].expand(N, -1, -1, -1) for f in backbone["backbone_fpn"]],
@@ -85,7 +106,7 @@ class ClipObjective(torch.nn.Module):
             }
             _, feats, pos, sizes = model._prepare_backbone_features(frame_out)
             step = dict(frame_idx=t, current_vision_feats=feats, current_vision_pos_embeds=pos, feat_sizes=sizes,
-                        output_dict=memory, num_frames=L)
+                        output_dict=memory, num_frames=num_frames)
             if t in cond:
                 kind = choose_kind(rng, self.prompts)
                 if kind == "mask":
@@ -98,9 +119,7 @@ class ClipObjective(torch.nn.Module):
                     out = model.track_step(is_init_cond_frame=True, point_inputs=points, mask_inputs=None,
                                            run_mem_encoder=n_corr == 0, **step)
                     for c in range(n_corr):
-                        for k, v in self.frame_loss(truth[t]).items():
-                            totals[k] = totals[k] + v
-                        n_terms += 1
+                        terms.append((True, self.frame_loss(truth[t])))
                         pred = (out["pred_masks_high_res"][:, 0] > 0).detach().cpu().numpy()
                         points = add_corrections(points, pred, truth[t].cpu().numpy())
                         out = model.track_step(is_init_cond_frame=True, point_inputs=points, mask_inputs=None,
@@ -109,13 +128,25 @@ class ClipObjective(torch.nn.Module):
                 memory["cond_frame_outputs"][t] = out
                 if kind == "mask":
                     continue  # the mask is passed through as the output: nothing to learn on this frame
+                terms.append((True, self.frame_loss(truth[t])))
             else:
-                out = model.track_step(is_init_cond_frame=False, point_inputs=None, mask_inputs=None, **step)
+                out = model.track_step(is_init_cond_frame=False, point_inputs=None, mask_inputs=None,
+                                       run_mem_encoder=not true_memory, **step)
+                terms.append((False, self.frame_loss(truth[t])))
+                if true_memory:
+                    self._remember_truth(out, truth[t], step)
                 memory["non_cond_frame_outputs"][t] = out
-            for k, v in self.frame_loss(truth[t]).items():
-                totals[k] = totals[k] + v
-            n_terms += 1
-        n = max(n_terms, 1)
-        parts = {k: v / n if torch.is_tensor(v) else torch.zeros((), device=device) for k, v in totals.items()}
+        return self._combine(terms, device)
+
+    def _combine(self, terms, device) -> dict[str, torch.Tensor]:
+        """Weighted mean of the terms; also the mean mask loss of prompted and of tracked frames."""
+        zero = torch.zeros((), device=device)
+        weights = [self.weights.prompted if prompted else self.weights.tracked for prompted, _ in terms]
+        total = sum(weights)
+        parts = {k: (sum(w * t[k] for w, (_, t) in zip(weights, terms) if w) / total if total else zero)
+                 for k in ("mask", "iou", "object_score")}
         parts["loss"] = parts["mask"] + self.weights.iou * parts["iou"] + self.weights.object_score * parts["object_score"]
+        for name, flag in (("prompted_mask", True), ("tracked_mask", False)):
+            group = [t["mask"].detach() for prompted, t in terms if prompted == flag]
+            parts[name] = sum(group) / len(group) if group else zero
         return parts

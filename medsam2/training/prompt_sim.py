@@ -25,6 +25,7 @@ class PromptSettings:
     p_two_cond_frames: float = 0.3
     box_jitter: float = 0.05
     max_corrections: int = 3
+    p_true_memory: float = 0.0  # clips whose tracked frames are remembered from their true masks
 
 
 def choose_kind(rng: np.random.Generator, s: PromptSettings) -> str:

@@ -34,10 +34,10 @@ PROMPT_STEPS = 1200  # stage 1: single prompted slices
 TRACK_STEPS = 2400  # stage 2: clips of 8 slices
 SHAPE = (64, 64, 32)
 TWIN_KINDS = ("twins", "twins", "twins+fade", "twins+gap", "twins+drift", "twins+fade+drift", "twins+gap+drift")
-# seeds: training twins 100.., training phantoms 10.. (the bundled sample study uses 0-2, the tests and
+# seeds: training twins 1000.., training phantoms 10.. (the bundled sample study uses 0-2, the tests and
 # the accuracy benchmark 100+ for phantoms and 5000+ for memory phantoms: kept apart from validation)
-TRAIN_TWINS = range(1000, 1024)
-TRAIN_PHANTOMS = range(10, 26)
+TRAIN_TWINS = range(1000, 1032)
+TRAIN_PHANTOMS = range(10, 18)
 VALIDATION = (("twins", 9000), ("twins+drift", 9001), ("twins+gap", 9002), ("phantom", 900))
 
 

@@ -76,3 +76,19 @@ def test_read_returns_the_most_relevant_first_and_is_deterministic():
     assert [e.key for e in bank.read(query, 3)] == ["same", "near", "mid"]
     assert [e.key for e in bank.read(query, 3, exclude={"same"})] == ["near", "mid", "far"]
     assert [e.key for e in bank.read(query, 3)] == [e.key for e in bank.read(query, 3)]
+
+
+def test_the_policy_reads_the_most_relevant_memories_but_places_them_by_distance():
+    """SAM 2 tells memories apart by their slot ("n slices back"): the bank picks which memories, the
+    slice distance decides the slot. Placed by relevance, a far memory sat in a near slot and the demo
+    model lost a moving twin (memory.py, SelfSortingPolicy.choose)."""
+    from medsam2.memory import SelfSortingPolicy
+
+    policy = SelfSortingPolicy(capacity=8, slots=4, keep_last=1, min_confidence=0.0)
+    query = torch.tensor([1.0, 0.0])
+    relevance = {2: [1.0, 0.0], 5: [0.8, 0.6], 8: [0.9, 0.44], 3: [-1.0, 0.0]}  # most relevant: 2, 8, 5; 3 least
+    for key, emb in relevance.items():
+        policy.bank.write(entry(key, [float(key), 1.0], embedding=emb))
+    chosen = policy.choose(tracked={2, 3, 5, 8, 9}, frame_idx=10, reverse=False, embedding=query)
+    assert chosen == [9, 8, 5, 2]  # the preceding slice, then the three most relevant, nearest first
+    assert SelfSortingPolicy.slot_frames(chosen, 10, False) == {9: 9, 8: 8, 7: 5, 6: 2}

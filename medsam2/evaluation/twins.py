@@ -6,12 +6,16 @@ must give that twin through the whole volume, on both sides of the click, and le
 alone; a click on the other twin, the mirror result. A model that segments every structure of that
 look scores a Dice near 0.67 on each and covers most of the other twin; one that only segments the
 clicked slice scores near 0 on both sides. The same function serves the engine tests, the tests
-through the real server, and the README's figures, with whatever `segment` callable they have.
+through the real server, and the README's figures, with whatever `segment` callable they have:
+
+  python -m medsam2.evaluation.twins --checkpoint demo --count 8              # held-out twins 5000-5007
+  python -m medsam2.evaluation.twins --checkpoint demo --count 8 --memory-cut # the same, memory cut
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -63,3 +67,61 @@ def twin_results(label: np.ndarray, segment: Callable[[tuple[int, int, int]], np
         results.append(TwinResult(value, (i, j, k), dice(pred, truth), sides["dice_before"], sides["dice_after"],
                                   dice(pred[:, :, k], truth[:, :, k]), other_covered(pred, others)))
     return results
+
+
+def main(argv=None) -> int:
+    """Click each twin of `--count` generated cases (seeds from `--seed`); print every click and a summary."""
+    import argparse
+    import json
+
+    from ..checkpoints import CheckpointError, build_model, resolve_spec
+    from ..memory_phantoms import make_memory_phantom
+    from ..propagation import Segmenter
+    from ..prompts import ObjectPrompt
+
+    ap = argparse.ArgumentParser(prog="python -m medsam2.evaluation.twins", description=main.__doc__)
+    ap.add_argument("--checkpoint", default="demo", help="manifest name or .pt path")
+    ap.add_argument("--model-config", default=None)
+    ap.add_argument("--kind", default="twins", help="twins[+fade][+gap][+drift]")
+    ap.add_argument("--count", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=5000, help="first seed (5000+: never a demo-model training seed)")
+    ap.add_argument("--memory-cut", action="store_true", help="zero every memory and object pointer (diagnostics)")
+    ap.add_argument("--model-dir", default="model")
+    args = ap.parse_args(argv)
+    try:
+        segmenter = Segmenter(build_model(resolve_spec(args.checkpoint, args.model_config, None, Path(args.model_dir))))
+    except CheckpointError as e:
+        print(f"error: {e}")
+        return 2
+    results = []
+    for seed in range(args.seed, args.seed + args.count):
+        case = make_memory_phantom(args.kind, seed=seed)
+        session = segmenter.open(case.image)
+
+        def segment(ijk):
+            i, j, k = ijk
+            obj = ObjectPrompt(label="twin", clicks={k: [(i + 0.5, j + 0.5, 1)]})
+            return segmenter.segment(session, [obj]).label > 0
+
+        if args.memory_cut:
+            from ..training.diagnostics import memory_cut
+
+            with memory_cut(segmenter.model):
+                rows = twin_results(case.label, segment)
+        else:
+            rows = twin_results(case.label, segment)
+        for r in rows:
+            results.append(r)
+            print(json.dumps({"seed": seed, "twin": r.value, "click": r.click, "passes": r.passes(),
+                              **{k: round(getattr(r, k), 3) for k in ("dice", "dice_before", "dice_after",
+                                                                      "dice_clicked_slice", "other_covered")}}))
+    print(f"{sum(r.passes() for r in results)}/{len(results)} clicks pass (Dice >= {MIN_DICE} before and after "
+          f"the click, other twin covered <= {MAX_OTHER_COVERED:.0%})")
+    for k in ("dice", "dice_before", "dice_after", "dice_clicked_slice", "other_covered"):
+        v = [getattr(r, k) for r in results]
+        print(f"{k:20s} mean {np.mean(v):.3f}  min {np.min(v):.3f}  max {np.max(v):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     import json
 
     ap = argparse.ArgumentParser(prog="python -m medsam2.training.diagnostics",
-                                 description="Does a model learn to track by memory? " + __doc__.split("\n")[0])
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", help="a .pt file, or 'random' for untrained weights")
     ap.add_argument("--model-config", required=True)
     ap.add_argument("--clips", type=int, default=4)

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model-config", default=None, help="sam2 / project config name or .yaml (default: manifest's)")
     r.add_argument("--image-size", type=int, default=None)
     r.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    r.add_argument("--policy", nargs="+", default=["fifo"], help="memory policies to compare (default: fifo)")
+    r.add_argument("--policy", nargs="+", default=["self_sorting"],
+                   help="memory policies to compare (default: self_sorting, the server's)")
     r.add_argument("--protocol", default="click",
                    help="first prompt: click or box; 'click+3' adds 3 corrections; cvpr25: the CVPR 2025 challenge's "
                         "box on the middle slice with its slice range, then 5 clicks on the largest 3D error")
@@ -53,9 +54,6 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--directions", default="independent", help="as the server's --conf directions")
     r.add_argument("--settle-slices", type=int, default=0, help="as the server's --conf settle_slices")
     r.add_argument("--precision", default="auto", help="as the server's --conf precision")
-    r.add_argument("--orientations", default="axial",
-                   help="slice orientations to segment along, e.g. axial,coronal,sagittal: passes fused by vote "
-                        "(MedSAM-2's multi-orientation; medsam2.orientations)")
     r.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: ./evaluation)")
     r.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("make-phantoms", help="write synthetic phantoms as a datastore folder")
@@ -65,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=100, help="first seed (default 100: not a demo-model training seed)")
     t = sub.add_parser("make-memory-phantoms", help="write twins / fading / drifting phantoms as a datastore folder")
     t.add_argument("outdir", type=Path)
-    t.add_argument("--kind", default="twins", help="twins[+fade][+gap][+drift] or phantom+fade")
+    t.add_argument("--kind", default="twins", help="twins[+fade][+gap][+drift][+long] or phantom+fade")
     t.add_argument("--count", type=int, default=5)
     t.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32], metavar=("I", "J", "K"))
     t.add_argument("--seed", type=int, default=5000, help="first seed (default 5000: not a demo-model training seed)")
@@ -87,12 +85,6 @@ def run(args) -> int:
         protocol = Protocol.parse(args.protocol, args.corrections, args.box_jitter, args.key_slice)
     except ValueError as e:
         return _fail(str(e))
-    from .orientations import parse_orientations
-
-    try:
-        orientations = parse_orientations(args.orientations)
-    except ValueError as e:
-        return _fail(str(e))
     unknown = [p for p in args.policy if p not in memory_policies()]
     if unknown:
         return _fail(f"unknown memory policy {unknown}; available: {sorted(memory_policies())}")
@@ -107,7 +99,7 @@ def run(args) -> int:
     except (CheckpointError, ValueError) as e:
         return _fail(str(e))
     structures = read_structures(args.data, json.loads(args.labels) if args.labels else None)
-    settings = RunSettings(protocol, list(args.policy), args.tolerance_mm, args.seed, structures, orientations)
+    settings = RunSettings(protocol, list(args.policy), args.tolerance_mm, args.seed, structures)
     config = {
         "data": str(args.data), "cases": [c.id for c in cases], "checkpoint": str(spec.checkpoint or "random"),
         "model_config": spec.model_config, "image_size": int(segmenter.model.image_size), "device": str(device),
@@ -117,7 +109,6 @@ def run(args) -> int:
         "tolerance_mm": args.tolerance_mm,
         "seed": args.seed, "intensity": args.intensity, "directions": args.directions,
         "settle_slices": args.settle_slices, "precision": args.precision, "structures": structures,
-        "orientations": list(orientations),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     t0 = time.perf_counter()

@@ -27,7 +27,8 @@ import numpy as np
 from .phantoms import PHANTOM_LABELS, Phantom, make_phantom
 
 TWIN_LABELS = {"twin_a": 1, "twin_b": 2}
-KINDS = ("twins", "fade", "gap", "drift")
+KINDS = ("twins", "fade", "gap", "drift", "long")
+LONG_WINDOW = (7, 10)  # "long": a fade or gap longer than SAM 2's 6 recent memories
 
 
 def _smooth_curve(rng: np.random.Generator, t: np.ndarray, amplitude: float, waves: float = 1.5) -> np.ndarray:
@@ -64,11 +65,14 @@ def make_twins(
     gap: bool = False,
     drift: bool = False,
     noise_hu: float | None = None,
+    window: tuple[int, int] = (2, 4),
 ) -> Phantom:
     """Two identical-looking structures (labels twin_a = 1, twin_b = 2) moving through the volume.
 
-    fade: one twin's contrast drops to 0-25 % for 2-4 slices (still labelled); gap: one twin is absent
-    for 2-4 slices (unlabelled there); drift: contrast and background drift along the volume.
+    fade: one twin's contrast drops to 0-25 % for `window` (2-4) slices (still labelled); gap: one twin
+    is absent for `window` slices (unlabelled there); drift: contrast and background drift along the
+    volume. A window of 7-10 slices (kind "+long") outlasts SAM 2's 6 recent memories: after it, `fifo`
+    remembers only the faded or empty slices and the prompt, a self-sorting bank its confident ones.
     `notes` holds "extent" {value: (first, last)}, "faded" {value: [slices]}, "gap" {value: [slices]} and
     "untapered" {value: [slices]} (where a twin is not in one of its end caps, the two share one shape).
     """
@@ -102,10 +106,10 @@ def make_twins(
     gaps: dict[int, list[int]] = {}
     if fade:
         v = int(rng.choice(list(TWIN_LABELS.values())))
-        faded[v] = _window(rng, *extents[v], width=(2, 4))
+        faded[v] = _window(rng, *extents[v], width=window)
     if gap:
         v = int(rng.choice(list(TWIN_LABELS.values())))
-        gaps[v] = [k for k in _window(rng, *extents[v], width=(2, 4)) if k not in faded.get(v, [])]
+        gaps[v] = [k for k in _window(rng, *extents[v], width=window) if k not in faded.get(v, [])]
     fade_level = {v: rng.uniform(0.0, 0.25) for v in faded}
     if drift:
         gain = np.linspace(1.0, rng.uniform(0.35, 0.7), K) if rng.random() < 0.5 else np.linspace(rng.uniform(0.35, 0.7), 1.0, K)
@@ -144,7 +148,8 @@ def make_twins(
     image += rng.normal(0.0, sigma, size=shape).astype(np.float32)
     present = {v: [int(k) for k in np.nonzero((label == v).any(axis=(0, 1)))[0]] for v in TWIN_LABELS.values()}
     notes = {
-        "kind": "+".join(["twins"] + [name for name, on in (("fade", fade), ("gap", gap), ("drift", drift)) if on]),
+        "kind": "+".join(["twins"] + [name for name, on in (("fade", fade), ("gap", gap), ("drift", drift),
+                                                             ("long", tuple(window) == LONG_WINDOW)) if on]),
         "extent": {v: (p[0], p[-1]) if p else None for v, p in present.items()},
         "faded": {v: ks for v, ks in faded.items() if ks},
         "gap": {v: ks for v, ks in gaps.items() if ks},
@@ -176,11 +181,13 @@ def make_faded_phantom(shape=(64, 64, 32), seed: int = 0, spacing=(1.0, 1.0, 2.5
 
 
 def make_memory_phantom(kind: str, shape=(64, 64, 32), seed: int = 0, spacing=(1.0, 1.0, 2.5)) -> Phantom:
-    """One case by name: twins, twins+fade, twins+gap, twins+drift, twins+fade+gap+drift ..., or
-    phantom+fade (the organ/vessel/lesion phantom with a fading organ and drifting contrast)."""
+    """One case by name: twins, twins+fade, twins+gap, twins+drift, twins+fade+gap+drift ..., with
+    "+long" a fade or gap of 7-10 slices, or phantom+fade (the organ/vessel/lesion phantom with a fading
+    organ and drifting contrast)."""
     parts = kind.split("+")
     if parts[0] == "phantom":
         return make_faded_phantom(shape, seed, spacing)
     if parts[0] != "twins" or any(p not in KINDS for p in parts):
-        raise ValueError(f"unknown memory phantom {kind!r}: twins[+fade][+gap][+drift] or phantom+fade")
-    return make_twins(shape, seed, spacing, fade="fade" in parts, gap="gap" in parts, drift="drift" in parts)
+        raise ValueError(f"unknown memory phantom {kind!r}: twins[+fade][+gap][+drift][+long] or phantom+fade")
+    return make_twins(shape, seed, spacing, fade="fade" in parts, gap="gap" in parts, drift="drift" in parts,
+                      window=LONG_WINDOW if "long" in parts else (2, 4))

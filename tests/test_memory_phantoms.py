@@ -81,6 +81,18 @@ def test_a_gap_removes_a_twin_for_a_few_slices_and_it_comes_back():
         assert present.min() < min(ks) and present.max() > max(ks)  # before and after the gap
 
 
+def test_a_long_fade_or_gap_outlasts_sam2s_six_recent_memories():
+    """'+long': 7-10 slices, so that after it fifo remembers only the faded or empty slices."""
+    for seed in range(5000, 5008):  # the benchmark's seeds
+        for part in ("fade", "gap"):
+            p = make_memory_phantom(f"twins+{part}+long", seed=seed)
+            (v, ks), = p.notes["faded" if part == "fade" else "gap"].items()
+            assert 7 <= len(ks) <= 10 and ks == list(range(ks[0], ks[0] + len(ks)))
+            present = np.nonzero((p.label == v).any(axis=(0, 1)))[0]
+            assert present.min() < min(ks) and present.max() > max(ks)  # the twin is there before and after
+            assert p.notes["kind"] == f"twins+{part}+long"
+
+
 def test_drift_changes_the_contrast_along_the_volume():
     p = make_twins(seed=2, drift=True, noise_hu=0.0)
     background = [np.median(p.image[:, :, k][(p.label[:, :, k] == 0) & (p.image[:, :, k] > -500)])

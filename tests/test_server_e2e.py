@@ -45,8 +45,11 @@ def test_ohif_point_prompt_on_the_organ_returns_the_organ_on_both_sides_of_the_c
     ks = np.nonzero(organ.any(axis=(0, 1)))[0]
     k = int(ks[len(ks) // 2])
     i, j = interior_point(organ[:, :, k].T)
+    # (the panel sends the model's config from /info along with the click)
+    config = requests.get(f"{server.url}/info/", timeout=30).json()["models"]["medsam2"]["config"]
     params = {"foreground": [[i, j, k]], "background": [], "result_extension": ".nrrd", "result_dtype": "uint8",
-              "result_compress": False, "restore_label_idx": False, "memory_policy": "fifo", "intensity": "auto"}
+              "result_compress": False, "restore_label_idx": False, "memory_policy": config["memory_policy"],
+              "intensity": config["intensity"]}
     r = server.post_infer(IMAGE, params)
     assert r.status_code == 200, r.text
     path = server.log.parent / "ohif.nrrd"

@@ -2,7 +2,7 @@
 
 It runs exactly what the infer task runs: `Segmenter.open` once per image (slices encoded once,
 shared by all structures and policies), then `Segmenter.segment` with the prompts so far after every
-interaction (with several orientations, once per orientation, the passes fused by vote). Each structure is prompted as its own object, so structures never compete for voxels.
+interaction. Each structure is prompted as its own object, so structures never compete for voxels.
 One record per (case, structure, policy, interaction).
 """
 
@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 from ..propagation import Segmenter
-from ..orientations import from_orientation, fuse, reorient_prompt, to_orientation
 from .datasets import Case, load_case, structures_in
 from .metrics import structure_metrics
 from .protocols import Protocol, simulate
@@ -52,7 +51,6 @@ class RunSettings:
     tolerance_mm: float = 2.0
     seed: int = 0
     structures: dict[str, list[int]] | None = None  # name -> label values; None: every value present
-    orientations: tuple[str, ...] = ("axial",)  # more than one: passes fused by vote (orientations.py)
 
 
 def case_rng(seed: int, case_id: str, structure: str) -> np.random.Generator:
@@ -68,7 +66,7 @@ def evaluate_volume(segmenter: Segmenter, case_id: str, image: np.ndarray, label
     if unknown:
         raise ValueError(f"unknown memory policy {unknown}: use {sorted(registry)}")
     structures = structures_in(label, settings.structures)
-    sessions = {o: segmenter.open(to_orientation(image, o)) for o in settings.orientations}  # slices encoded once
+    session = segmenter.open(image)  # slices encoded once, for every structure and policy
     total = len(structures) * len(settings.policies) * settings.protocol.interactions
     records = []
     bar = tqdm(total=total, desc=case_id, unit="interaction", disable=not progress, leave=True)
@@ -80,10 +78,7 @@ def evaluate_volume(segmenter: Segmenter, case_id: str, image: np.ndarray, label
                 factory = registry[policy]
 
                 def predict(obj, factory=factory):
-                    passes = [from_orientation(segmenter.segment(s, [reorient_prompt(obj, o)],
-                                                                 memory_policy_factory=factory).label > 0, o)
-                              for o, s in sessions.items()]
-                    return fuse(passes)
+                    return segmenter.segment(session, [obj], memory_policy_factory=factory).label > 0
 
                 key_slice, done = None, 0
                 rng = case_rng(settings.seed, case_id, name)
@@ -92,7 +87,7 @@ def evaluate_volume(segmenter: Segmenter, case_id: str, image: np.ndarray, label
                     records.append({
                         "case": case_id, "structure": name, "policy": policy, "interaction": n,
                         **step.as_dict(), "seconds": round(seconds, 4),
-                        "encode_s": round(sum(s.opened_s for s in sessions.values()), 4),
+                        "encode_s": round(session.opened_s, 4),
                         **structure_metrics(pred, truth, spacing, settings.tolerance_mm, key_slice, others),
                         "truth_voxels": int(truth.sum()), "pred_voxels": int(pred.sum()),
                         "spacing": [float(s) for s in spacing],

@@ -3,7 +3,7 @@
 --conf checkpoint      manifest name (model/manifest.json) or a file path   [sam2.1_hiera_tiny]
 --conf model_config    sam2 config name, project config name or .yaml path  [from the manifest]
 --conf image_size      input resolution in pixels                            [from the manifest]
---conf memory_policy   default memory policy: fifo | self_sorting            [fifo]
+--conf memory_policy   default memory policy: self_sorting | fifo            [self_sorting]
 --conf memory_capacity entries of a self-sorting memory bank (3D and One-Prompt) [16]
 --conf intensity       auto | percentile | CT preset | ct:<level>,<width>   [auto]
 --conf labels          JSON {name: value} offered to the clients            [{"organ":1,"vessel":2,"lesion":3}]
@@ -71,7 +71,7 @@ class MedSam2Config(TaskConfig):
         self.labels = json.loads(conf["labels"]) if conf.get("labels") else dict(DEFAULT_LABELS)
         capacity = int(conf.get("memory_capacity", 16))
         self.policies = {"fifo": None, "self_sorting": partial(SelfSortingPolicy, capacity=capacity)}
-        self.memory_policy = conf.get("memory_policy", "fifo")
+        self.memory_policy = conf.get("memory_policy", "self_sorting")  # docs/accuracy.md: why
         if self.memory_policy not in self.policies:
             raise ValueError(f"--conf memory_policy must be one of {sorted(self.policies)}")
         if self.provider.segmenter_options["directions"] not in DIRECTIONS:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class MedSam2InferTask(InferTask):
-    def __init__(self, engine: InteractiveSegmenter, labels: dict[str, int], memory_policy: str = "fifo",
+    def __init__(self, engine: InteractiveSegmenter, labels: dict[str, int], memory_policy: str = "self_sorting",
                  intensity: str = "auto", policies: dict | None = None, description: str | None = None,
                  max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS):
         super().__init__(

@@ -6,13 +6,17 @@
 - a memory policy, when the state names one, chooses which past frames each slice attends to
   (see `memory.py`); without one, SAM2's own rule (prompted frames + most recent frames) applies;
 - the decoder's predicted IoU is kept in each frame's output, as a confidence for memory policies
-  and active-learning scores.
+  and active-learning scores;
+- inside `corrections_as_conditioning()` a click on a tracked slice makes that slice a conditioning
+  slice (SAM2's `add_all_frames_to_correct_as_cond`, for this thread only), so that a correction
+  survives the next propagation (propagation.py replays every prompt on a fresh state).
 Everything else (prompt encoding, memory attention, the memory encoder) is SAM2's code. This is the
 plain, one-slice-at-a-time path; tracker.py runs the same model batched and, on CUDA, graphed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 
@@ -22,6 +26,17 @@ from .features import FrameFeatures
 from .memory import frame_confidence
 
 _captured = threading.local()  # decoder outputs of the frame just processed, per thread
+_corrections = threading.local()  # .as_cond: corrections become conditioning slices (this thread)
+
+
+@contextlib.contextmanager
+def corrections_as_conditioning():
+    """While active (in this thread), clicks added on a tracked slice make it a conditioning slice."""
+    _corrections.as_cond = True
+    try:
+        yield
+    finally:
+        _corrections.as_cond = False
 
 
 def last_decoder_outputs():
@@ -32,6 +47,16 @@ def last_decoder_outputs():
 
 class VolumePredictor(SAM2VideoPredictor):
     """SAM2VideoPredictor over precomputed per-slice features (see module docstring)."""
+
+    @property
+    def add_all_frames_to_correct_as_cond(self) -> bool:
+        """SAM2's setting from the config, or True inside `corrections_as_conditioning()`. A property
+        and a thread-local, not a flipped attribute: one model serves concurrent requests."""
+        return getattr(_corrections, "as_cond", False) or self.__dict__.get("_correct_as_cond", False)
+
+    @add_all_frames_to_correct_as_cond.setter
+    def add_all_frames_to_correct_as_cond(self, value) -> None:
+        self.__dict__["_correct_as_cond"] = bool(value)
 
     def init_volume_state(self, features: FrameFeatures, height: int, width: int, memory_policy=None) -> dict:
         """A fresh tracking state for one object set over `features`; (height, width) = (J, I)."""

@@ -39,6 +39,18 @@ class ObjectPrompt:
             ks.add(self.box[0])
         return sorted(ks)
 
+    @property
+    def initial_frames(self) -> list[int]:
+        """Slices prompted with a box or at least one positive click: SAM's prompts on their own."""
+        return [k for k in self.frames
+                if (self.box is not None and self.box[0] == k) or any(p for _, _, p in self.clicks.get(k, []))]
+
+    @property
+    def correction_frames(self) -> list[int]:
+        """Slices with background clicks only: corrections of the mask tracked there (propagation.py)."""
+        initial = set(self.initial_frames)
+        return [k for k in self.frames if k not in initial]
+
     def frame_inputs(self, k: int):
         """(points (N, 2) or None, labels (N,) or None, box (4,) or None) for frame k."""
         pts = self.clicks.get(k, [])

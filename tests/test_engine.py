@@ -8,7 +8,7 @@ from medsam2.clicks import interior_point, largest_slice
 from medsam2.demo_model import DEMO_CONFIG
 from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 from medsam2.propagation import Segmenter
-from medsam2.prompts import parse_objects
+from medsam2.prompts import ObjectPrompt, parse_objects
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,34 @@ def test_a_3d_roi_bounds_the_result(segmenter, case):
     assert covered.size and covered.min() >= k0 and covered.max() <= k1
     key = (k0 + k1) // 2  # the box prompts the roi's middle slice
     assert dice(result.label[:, :, key] > 0, truth[:, :, key]) > 0.65
+
+
+@pytest.mark.parametrize("engine", ["batched", "plain"])
+def test_a_background_click_on_another_slice_corrects_the_tracked_mask_and_does_not_erase_it(segmenter, engine):
+    """A slice with background clicks only is a correction of what was tracked there (SAM 2's click on
+    a tracked frame). Decoded on its own, a lone background click gave whatever SAM makes of it (an
+    empty slice, or the other twin here), and that propagated (under the CVPR 2025 protocol one such
+    click took a twin from Dice 0.99 to 0.12)."""
+    from medsam2.evaluation.twins import twin_click
+    from medsam2.memory_phantoms import make_twins
+
+    from tests.conftest import TWINS_SEED
+
+    case = make_twins(seed=TWINS_SEED)
+    twin, other = case.label == 1, case.label == 2
+    i, j, k = twin_click(case.label, 1)
+    session = segmenter.open(case.image)
+    segmenter.engine = engine
+    try:
+        first = segmenter.segment(session, [ObjectPrompt(label="t", clicks={k: [(i + 0.5, j + 0.5, 1)]})]).label > 0
+        # "not that one": a background click in the other twin, 3 slices on
+        c = k + 3
+        x, y = interior_point(other[:, :, c].T)
+        obj = ObjectPrompt(label="t", clicks={k: [(i + 0.5, j + 0.5, 1)], c: [(x + 0.5, y + 0.5, 0)]})
+        corrected = segmenter.segment(session, [obj]).label > 0
+    finally:
+        segmenter.engine = "batched"
+    assert dice(first, twin) > 0.9
+    assert dice(corrected[:, :, c], twin[:, :, c]) > 0.9  # the corrected slice keeps the twin
+    assert dice(corrected, twin) > 0.9
+    assert not (corrected & other).any()

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
-SAMPLE_SHAPE = (128, 128, 48)
 
 
 def main(argv=None) -> int:
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
         print(f"ready: {spec.checkpoint} ({spec.model_config}, {spec.image_size} px)")
     elif args.cmd == "sample":
         from .memory_phantoms import make_twins
-        from .phantoms import make_phantom, save_nifti
+        from .phantoms import SAMPLE_SHAPE, make_phantom, save_nifti
 
         makers = {f"phantom_{n:03d}": lambda n=n: make_phantom(SAMPLE_SHAPE, seed=n) for n in range(args.count)}
         makers["twins_000"] = lambda: make_twins(SAMPLE_SHAPE, seed=0)

@@ -15,6 +15,7 @@ import numpy as np
 
 # label value -> name; values are stable so labels from different phantoms agree.
 PHANTOM_LABELS = {"organ": 1, "vessel": 2, "lesion": 3}
+SAMPLE_SHAPE = (128, 128, 48)  # the bundled sample study (`python -m medsam2 sample`)
 
 
 @dataclass

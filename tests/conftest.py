@@ -22,6 +22,7 @@ from benchmarks.server import free_port, launch_server, stop_server, wait_for_ta
 from medsam2.demo_model import DEMO_CONFIG  # noqa: E402 (re-exported: the config of trained_checkpoint)
 
 TWINS_SEED = 5010  # the studies' twins_5010
+SAMPLE_PHANTOM = "sample_phantom_000"  # in the studies: the sample study's phantom_000 (128 x 128 x 48)
 
 
 @pytest.fixture(scope="session")
@@ -63,17 +64,19 @@ def start_server(studies: Path, conf: dict, log: Path, env_extra: dict | None = 
 @pytest.fixture(scope="session")
 def studies(tmp_path_factory) -> Path:
     """Three phantom volumes (phantom_500..502), a pair of identical-looking twins (twins_5010, held out
-    from the demo model's training), three images the 3D task must refuse, and two 2D images (the
+    from the demo model's training), the sample study's phantom_000 (sample_phantom_000), three images the 3D task must refuse, and two 2D images (the
     middle slices of phantoms 510 and 511) for One-Prompt."""
     import nibabel as nib
     import numpy as np
 
     from medsam2.memory_phantoms import make_twins
-    from medsam2.phantoms import make_phantom, save_nifti, write_studies
+    from medsam2.phantoms import SAMPLE_SHAPE, make_phantom, save_nifti, write_studies
 
     folder = tmp_path_factory.mktemp("studies")
     write_studies(folder, 3, shape=(64, 64, 32), seed=500)
     save_nifti(make_twins((64, 64, 32), seed=TWINS_SEED), folder / "twins_5010.nii.gz")
+    # the bundled sample study's phantom_000 (`python -m medsam2 sample`), the README's first click
+    save_nifti(make_phantom(SAMPLE_SHAPE, seed=0), folder / f"{SAMPLE_PHANTOM}.nii.gz")
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b" + os.urandom(2000))  # gzip magic, then garbage
     nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), str(folder / "flat2d.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 8, 3), np.int16), np.eye(4)), str(folder / "stack4d.nii.gz"))

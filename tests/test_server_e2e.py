@@ -9,7 +9,8 @@ import requests
 from monailabel.client import MONAILabelClient
 
 from medsam2.clicks import interior_point, largest_slice
-from medsam2.phantoms import make_phantom
+from medsam2.phantoms import SAMPLE_SHAPE, make_phantom
+from conftest import SAMPLE_PHANTOM
 
 pytestmark = pytest.mark.e2e
 
@@ -39,8 +40,11 @@ def test_info_lists_medsam2_as_an_interactive_3d_model(server):
     assert {"memory_policy", "intensity"} <= set(model["config"])
 
 
-def test_ohif_point_prompt_on_the_organ_returns_the_organ_on_both_sides_of_the_click_as_nrrd(server, truth):
-    # what OHIF v3's PointPrompts sends for a deepgrow model: a click on the organ's middle slice
+def test_ohif_point_prompt_on_the_organ_returns_the_organ_on_both_sides_of_the_click_as_nrrd(server):
+    # what OHIF v3's PointPrompts sends for a deepgrow model: a click on the organ's middle slice of the
+    # bundled sample's phantom_000, the README's first click (on the small 64 x 64 x 32 phantoms the
+    # demo model is weak on organs: docs/demo-model.md, "Where it is weak")
+    truth = make_phantom(SAMPLE_SHAPE, seed=0).label
     organ, vessel = truth == 1, truth == 2
     ks = np.nonzero(organ.any(axis=(0, 1)))[0]
     k = int(ks[len(ks) // 2])
@@ -50,12 +54,12 @@ def test_ohif_point_prompt_on_the_organ_returns_the_organ_on_both_sides_of_the_c
     params = {"foreground": [[i, j, k]], "background": [], "result_extension": ".nrrd", "result_dtype": "uint8",
               "result_compress": False, "restore_label_idx": False, "memory_policy": config["memory_policy"],
               "intensity": config["intensity"]}
-    r = server.post_infer(IMAGE, params)
+    r = server.post_infer(SAMPLE_PHANTOM, params)
     assert r.status_code == 200, r.text
     path = server.log.parent / "ohif.nrrd"
     path.write_bytes(r.content)
     data, header = nrrd.read(str(path))
-    ref = image_nifti(server)
+    ref = image_nifti(server, SAMPLE_PHANTOM)
     assert data.shape == ref.shape and data.dtype == np.uint8
     assert set(np.unique(data)) == {0, 1}
     # geometry: NRRD is LPS, NIfTI RAS; the voxel-to-world maps must be the same

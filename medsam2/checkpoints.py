@@ -98,7 +98,8 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise CheckpointError(
             f"could not download the checkpoint from {url} ({e}). Download it on a machine with internet access "
-            f"and place it at {dest}, or start the server with --conf checkpoint /path/to/checkpoint.pt"
+            f"and place it at {dest}, or start the server with --conf checkpoint /path/to/checkpoint.pt "
+            f"(or --conf checkpoint demo: the small model shipped in model/demo/, for phantoms only)"
         ) from e
     finally:
         tmp.unlink(missing_ok=True)

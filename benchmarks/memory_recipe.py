@@ -61,10 +61,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "memory_recipe.json")
     args = ap.parse_args(argv)
 
-    from medsam2.evaluation.twins import twin_results
+    from medsam2.evaluation.twins import clicker, twin_results
     from medsam2.memory_phantoms import make_twins
     from medsam2.propagation import Segmenter
-    from medsam2.prompts import ObjectPrompt
     from medsam2.checkpoints import ModelSpec, build_model
     from medsam2.training.clips import ClipSampler, LabelledVolume
     from medsam2.training.diagnostics import memory_attention_stats
@@ -92,12 +91,7 @@ def main(argv=None) -> int:
         segmenter = Segmenter(model)
         passed = total = 0
         for case in held_out:
-            session = segmenter.open(case.image)
-
-            def segment(ijk, session=session):
-                i, j, k = ijk
-                return segmenter.segment(session, [ObjectPrompt("t", clicks={k: [(i + 0.5, j + 0.5, 1)]})]).label > 0
-            results = twin_results(case.label, segment)
+            results = twin_results(case.label, clicker(segmenter, case.image))
             passed += sum(r.passes() for r in results)
             total += len(results)
         rows.append({"variant": name, "steps": args.steps, "val_dice_initial": round(result.initial_dice, 3),

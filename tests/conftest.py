@@ -64,8 +64,8 @@ def start_server(studies: Path, conf: dict, log: Path, env_extra: dict | None = 
 @pytest.fixture(scope="session")
 def studies(tmp_path_factory) -> Path:
     """Three phantom volumes (phantom_500..502), a pair of identical-looking twins (twins_5010, held out
-    from the demo model's training), the sample study's phantom_000 (sample_phantom_000), three images the 3D task must refuse, and two 2D images (the
-    middle slices of phantoms 510 and 511) for One-Prompt."""
+    from the demo model's training), the sample study's phantom_000 (sample_phantom_000), three images
+    the 3D task must refuse, and two 2D images (the middle slices of phantoms 510 and 511) for One-Prompt."""
     import nibabel as nib
     import numpy as np
 

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 
 from medsam2.checkpoints import build_model, resolve_spec
-from medsam2.evaluation.twins import twin_results
+from medsam2.evaluation.twins import clicker, twin_results
 from medsam2.memory_phantoms import make_twins
 from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 from medsam2.propagation import Segmenter
-from medsam2.prompts import ObjectPrompt
 from medsam2.training.diagnostics import memory_cut
 from tests.conftest import REPO
 
@@ -20,16 +19,6 @@ HELD_OUT = range(5000, 5004)  # twins the demo model never saw (it trains on see
 def segmenter():
     spec = resolve_spec("demo", None, None, REPO / "model")
     return Segmenter(build_model(spec))
-
-
-def clicker(segmenter, image):
-    session = segmenter.open(image)
-
-    def segment(ijk):
-        i, j, k = ijk
-        obj = ObjectPrompt(label="twin", clicks={k: [(i + 0.5, j + 0.5, 1)]})
-        return segmenter.segment(session, [obj]).label > 0
-    return segment
 
 
 @pytest.mark.parametrize("seed", HELD_OUT)

@@ -84,7 +84,7 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, f
 
 def make_phantoms(outdir: Path, count: int, shape=(64, 64, 32), seed: int = 100) -> list[str]:
     """Write `count` phantoms (seeds seed..seed+count-1, spacing 1 x 1 x 2.5 mm) with final labels
-    and labels.json. Seeds from 100 up avoid the demo model's training seeds (0-7) and validation (900)."""
+    and labels.json. Seeds from 100 up avoid the demo model's training seeds (10-17) and validation (900)."""
     from ..phantoms import PHANTOM_LABELS, write_studies
 
     outdir = Path(outdir)
@@ -96,7 +96,7 @@ def make_phantoms(outdir: Path, count: int, shape=(64, 64, 32), seed: int = 100)
 def make_memory_phantoms(outdir: Path, kind: str = "twins", count: int = 5, shape=(64, 64, 32),
                          seed: int = 5000) -> list[str]:
     """Write `count` memory phantoms of one kind (medsam2.memory_phantoms) with final labels and
-    labels.json. Seeds from 5000 up are never used to train the demo model (it trains on 0-999)."""
+    labels.json. Seeds from 5000 up are never used by the demo model (training 1000-1031, validation 9000+)."""
     from ..memory_phantoms import make_memory_phantom
     from ..phantoms import save_nifti
 

@@ -81,10 +81,11 @@ def _summary_row(policy: str, structure: str, group: list[list[dict]], interacti
     def scored(metric):  # the final value, 0 for a structure over the time limit
         return [0.0 if lt else r.get(metric, float("nan")) for lt, r in zip(late, final)]
 
-    dice_curves = np.array([[0.0] * interactions if lt else dice_curve(run, interactions)
-                            for lt, run in zip(late, group)])
-    nsd_curves = np.array([[0.0] * interactions if lt else dice_curve(run, interactions, "nsd")
-                           for lt, run in zip(late, group)])
+    def curves(metric):  # per interaction, all 0 for a structure over the time limit
+        return np.array([[0.0] * interactions if lt else dice_curve(run, interactions, metric)
+                         for lt, run in zip(late, group)])
+
+    dice_curves, nsd_curves = curves("dice"), curves("nsd")
     return {
         "policy": policy, "structure": structure, "cases": len(group),
         "interactions": _mean([len(run) for run in group]),

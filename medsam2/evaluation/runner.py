@@ -86,8 +86,7 @@ def evaluate_volume(segmenter: Segmenter, case_id: str, image: np.ndarray, label
                     key_slice = step.k if key_slice is None else key_slice
                     records.append({
                         "case": case_id, "structure": name, "policy": policy, "interaction": n,
-                        **step.as_dict(), "seconds": round(seconds, 4),
-                        "encode_s": round(session.opened_s, 4),
+                        **step.as_dict(), "seconds": round(seconds, 4), "encode_s": round(session.opened_s, 4),
                         **structure_metrics(pred, truth, spacing, settings.tolerance_mm, key_slice, others),
                         "truth_voxels": int(truth.sum()), "pred_voxels": int(pred.sum()),
                         "spacing": [float(s) for s in spacing],

@@ -55,6 +55,19 @@ def twin_click(label: np.ndarray, value: int) -> tuple[int, int, int]:
     return int(x), int(y), int(k)
 
 
+def clicker(segmenter, image: np.ndarray) -> Callable[[tuple[int, int, int]], np.ndarray]:
+    """`segment((i, j, k))` for `twin_results`: one positive click at voxel (i, j) of slice k, through
+    the engine (`Segmenter`) on `image`, opened once; the boolean prediction."""
+    from ..prompts import ObjectPrompt
+
+    session = segmenter.open(image)
+
+    def segment(ijk):
+        i, j, k = ijk
+        return segmenter.segment(session, [ObjectPrompt(label="twin", clicks={k: [(i + 0.5, j + 0.5, 1)]})]).label > 0
+    return segment
+
+
 def twin_results(label: np.ndarray, segment: Callable[[tuple[int, int, int]], np.ndarray]) -> list[TwinResult]:
     """Click each twin in turn; `segment((i, j, k))` returns the boolean (I, J, K) prediction."""
     results = []
@@ -72,12 +85,13 @@ def twin_results(label: np.ndarray, segment: Callable[[tuple[int, int, int]], np
 def main(argv=None) -> int:
     """Click each twin of `--count` generated cases (seeds from `--seed`); print every click and a summary."""
     import argparse
+    import contextlib
     import json
 
     from ..checkpoints import CheckpointError, build_model, resolve_spec
     from ..memory_phantoms import make_memory_phantom
     from ..propagation import Segmenter
-    from ..prompts import ObjectPrompt
+    from ..training.diagnostics import memory_cut
 
     ap = argparse.ArgumentParser(prog="python -m medsam2.evaluation.twins", description=main.__doc__)
     ap.add_argument("--checkpoint", default="demo", help="manifest name or .pt path")
@@ -96,20 +110,8 @@ def main(argv=None) -> int:
     results = []
     for seed in range(args.seed, args.seed + args.count):
         case = make_memory_phantom(args.kind, seed=seed)
-        session = segmenter.open(case.image)
-
-        def segment(ijk):
-            i, j, k = ijk
-            obj = ObjectPrompt(label="twin", clicks={k: [(i + 0.5, j + 0.5, 1)]})
-            return segmenter.segment(session, [obj]).label > 0
-
-        if args.memory_cut:
-            from ..training.diagnostics import memory_cut
-
-            with memory_cut(segmenter.model):
-                rows = twin_results(case.label, segment)
-        else:
-            rows = twin_results(case.label, segment)
+        with memory_cut(segmenter.model) if args.memory_cut else contextlib.nullcontext():
+            rows = twin_results(case.label, clicker(segmenter, case.image))
         for r in rows:
             results.append(r)
             print(json.dumps({"seed": seed, "twin": r.value, "click": r.click, "passes": r.passes(),

@@ -123,9 +123,8 @@ def _recording_cross_attention(model, records: list):
 
     def spy(q, k, v, *args, **kwargs):
         if state["on"]:
-            weights = torch.softmax(q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-            logits_std = float((q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1])).std())
-            records.append((weights.detach(), state["pointers"], logits_std))
+            logits = q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+            records.append((torch.softmax(logits, dim=-1).detach(), state["pointers"], float(logits.std())))
         return original(q, k, v, *args, **kwargs)
 
     hooks = []

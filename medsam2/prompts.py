@@ -5,6 +5,8 @@ and Slicer may add `roi` = [i0, i1, j0, j1, k0, k1] from its ROI widget. Slicer 
 mapping the two RAS corners to IJK, so a pair may come reversed (i0 > i1 on an LPS volume) and may
 reach one voxel outside the volume: pairs are sorted and clipped; an roi wholly outside is an error.
 Several objects can be sent in one request as `objects: [{label, foreground, background, roi}, ...]`.
+A structure painted on some slices (Slicer's scribbles, a hand-painted slice) arrives as a labelmap
+file instead; painted.py turns it into the same `ObjectPrompt`, with a mask on each painted slice.
 
 Coordinates follow frames.py: click (i, j, k) is the point (x=i+0.5, y=j+0.5) on frame k (pixel
 centres), and the roi is the box x0=i0, y0=j0, x1=i1+1, y1=j1+1 on its middle slice.
@@ -12,6 +14,7 @@ centres), and the roi is the box x0=i0, y0=j0, x1=i1+1, y1=j1+1 on its middle sl
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -24,26 +27,36 @@ class PromptError(ValueError):
 
 @dataclass
 class ObjectPrompt:
-    """All prompts for one structure: clicks per slice, an optional box on its key slice."""
+    """All prompts for one structure: clicks per slice, an optional box on its key slice, and masks
+    painted by the user on some slices (SAM 2's strongest prompt: `add_new_mask`)."""
 
     label: str
     value: int = 1
     clicks: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)  # k -> [(x, y, 1|0)]
     box: tuple[int, tuple[float, float, float, float]] | None = None  # (k, (x0, y0, x1, y1))
     roi: tuple[int, int, int, int, int, int] | None = None  # clipped, sorted voxel bounds
+    masks: dict[int, np.ndarray] = field(default_factory=dict)  # k -> bool (J, I) frame (rows J, columns I)
 
     @property
     def frames(self) -> list[int]:
-        ks = set(self.clicks)
+        ks = set(self.clicks) | set(self.masks)
         if self.box is not None:
             ks.add(self.box[0])
         return sorted(ks)
 
     @property
     def initial_frames(self) -> list[int]:
-        """Slices prompted with a box or at least one positive click: SAM's prompts on their own."""
+        """Slices prompted with a mask, a box or at least one positive click: SAM's prompts on their own
+        (clicks on a painted slice refine the painted mask there)."""
         return [k for k in self.frames
-                if (self.box is not None and self.box[0] == k) or any(p for _, _, p in self.clicks.get(k, []))]
+                if k in self.masks or (self.box is not None and self.box[0] == k)
+                or any(p for _, _, p in self.clicks.get(k, []))]
+
+    @property
+    def kept_slices(self) -> list[int]:
+        """Painted slices without clicks or a box: the user's truth there, returned exactly as painted."""
+        boxed = self.box[0] if self.box is not None else None
+        return [k for k in sorted(self.masks) if k not in self.clicks and k != boxed]
 
     @property
     def correction_frames(self) -> list[int]:
@@ -58,6 +71,10 @@ class ObjectPrompt:
         labels = np.array([p for _, _, p in pts], dtype=np.int32) if pts else None
         box = np.array(self.box[1], dtype=np.float32) if self.box is not None and self.box[0] == k else None
         return points, labels, box
+
+    def mask_signature(self) -> tuple:
+        """The painted masks as something hashable and cheap to compare (a digest per slice)."""
+        return tuple((k, hashlib.sha1(np.packbits(m).tobytes()).hexdigest()) for k, m in sorted(self.masks.items()))
 
 
 def _as_points(value, name: str) -> list[list[float]]:
@@ -107,21 +124,26 @@ def parse_roi(roi, shape) -> tuple[int, int, int, int, int, int] | None:
     return tuple(bounds)
 
 
-def object_from_params(params: dict, shape, label: str, value: int = 1) -> ObjectPrompt:
+def add_clicks(obj: ObjectPrompt, params: dict, shape) -> ObjectPrompt:
+    """The request's `foreground` / `background` clicks added to `obj` (checked: inside the image)."""
     fg = _as_points(params.get("foreground"), "foreground")
     bg = _as_points(params.get("background"), "background")
     _check_inside(fg, shape, "foreground")
     _check_inside(bg, shape, "background")
+    for points, positive in ((fg, 1), (bg, 0)):
+        for i, j, k in points:
+            obj.clicks.setdefault(int(round(k)), []).append((i + 0.5, j + 0.5, positive))
+    return obj
+
+
+def object_from_params(params: dict, shape, label: str, value: int = 1) -> ObjectPrompt:
     roi = parse_roi(params.get("roi"), shape)
-    if not fg and roi is None:
+    obj = add_clicks(ObjectPrompt(label=label, value=value, roi=roi), params, shape)
+    if not obj.initial_frames and roi is None:
         raise PromptError(
             f"no prompt for '{label}': send at least one foreground click [i, j, k] or an roi box "
             "(background clicks alone say where the structure is not)"
         )
-    obj = ObjectPrompt(label=label, value=value, roi=roi)
-    for points, positive in ((fg, 1), (bg, 0)):
-        for i, j, k in points:
-            obj.clicks.setdefault(int(round(k)), []).append((i + 0.5, j + 0.5, positive))
     if roi is not None:
         i0, i1, j0, j1, k0, k1 = roi
         obj.box = ((k0 + k1) // 2, (float(i0), float(j0), float(i1 + 1), float(j1 + 1)))

@@ -60,11 +60,14 @@ class VolumeSession:
     opened_s: float = 0.0
     header: object = None  # whatever the caller needs to write results (e.g. the image's geometry)
     tracks: dict[str, ObjectTrack] = field(default_factory=dict)
+    paint: dict[str, object] = field(default_factory=dict)  # label -> painted.PaintHistory (painted prompts)
 
     @property
     def nbytes(self) -> int:
         tracks = list(self.tracks.values())  # a copy: another request's segment() may add a label meanwhile
-        return self.features.nbytes + sum(t.lowres.numel() * t.lowres.element_size() for t in tracks)
+        paint = list(self.paint.values())
+        return (self.features.nbytes + sum(t.lowres.numel() * t.lowres.element_size() for t in tracks)
+                + sum(h.nbytes for h in paint))
 
 
 @dataclass
@@ -195,7 +198,7 @@ class Segmenter:
     def _signature(self, obj: ObjectPrompt, memory_policy_factory) -> tuple:
         """Everything that decides an object's track: its prompts and the settings that shape propagation."""
         clicks = tuple((k, tuple(v)) for k, v in sorted(obj.clicks.items()))
-        return (clicks, obj.box, obj.roi, repr(memory_policy_factory), self.engine, self.directions,
+        return (clicks, obj.box, obj.roi, obj.mask_signature(), repr(memory_policy_factory), self.engine, self.directions,
                 self.stop_after_empty, self.settle_slices, self.settle_tolerance, str(self.dtype))
 
     # ---------------------------------------------------------------------------------- prompting
@@ -208,13 +211,19 @@ class Segmenter:
         lone background click gives whatever SAM makes of it (an empty mask, or another structure),
         and that propagated to the neighbours (one background click took a twin from Dice 0.99 to
         0.12 under the CVPR 2025 protocol). SAM2's interactive predictor tracks to such a slice first and decodes
-        the clicks with the tracked mask as mask input; `_correct_tracked` does the same."""
+        the clicks with the tracked mask as mask input; `_correct_tracked` does the same. A painted slice
+        is SAM2's mask prompt (`add_new_mask`: with SAM 2.1's configs the mask itself is the slice's output
+        and its memory); clicks on a painted slice are decoded with the painted mask as mask input."""
         I, J, K = session.shape
         policy = memory_policy_factory() if memory_policy_factory else None
         state = self.model.init_volume_state(session.features, height=J, width=I, memory_policy=policy)
         initial = obj.initial_frames or obj.frames
         for k in initial:
             points, labels, box = obj.frame_inputs(k)
+            if k in obj.masks:  # a painted slice; clicks or a box there then refine the painted mask
+                self.model.add_new_mask(state, frame_idx=k, obj_id=1, mask=torch.from_numpy(obj.masks[k]))
+                if points is None and box is None:
+                    continue
             self.model.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=points, labels=labels, box=box)
         for k in obj.correction_frames if obj.initial_frames else []:
             self._correct_tracked(state, obj, k, initial)
@@ -319,7 +328,8 @@ class Segmenter:
 
     def _assemble(self, session: VolumeSession, objects, per_object, chunk: int = 32):
         """Low-resolution logits -> the label at the image's size: upsampled as SAM2 does, bounded
-        by a 3D roi, overlapping objects resolved by the larger logit; in chunks of slices."""
+        by a 3D roi, overlapping objects resolved by the larger logit; in chunks of slices. A painted
+        slice without clicks comes back exactly as painted (SAM2 keeps it only at its low resolution)."""
         I, J, K = session.shape
         dtype = torch.uint8 if max(o.value for o in objects) < 256 else torch.int32
         label = torch.zeros((K, J, I), dtype=dtype, device=self.device)
@@ -341,6 +351,12 @@ class Segmenter:
                     mask &= logits > best
                     best = torch.where(mask, logits, best)
                 label[a:b][mask] = obj.value
+                for k in obj.kept_slices:  # the user's painted slices, exactly as painted
+                    if a <= k < b:
+                        painted = torch.from_numpy(obj.masks[k]).to(self.device)
+                        mask[k - a] = painted
+                        label[k][label[k] == obj.value] = 0
+                        label[k][painted] = obj.value
                 present[n, a:b] = mask.flatten(1).any(dim=1)
         present = present.cpu().numpy()
         results = [ObjectResult(obj.label, obj.value, np.nonzero(present[n])[0].tolist(), scores, ious)

@@ -34,6 +34,7 @@ from monailabel.interfaces.config import TaskConfig
 from lib.activelearning import ConfidenceScoring, LeastConfident
 from lib.infers.medsam2 import MedSam2InferTask
 from lib.infers.oneprompt import OnePromptInferTask
+from lib.infers.scribbles import MedSam2ScribblesInferTask
 from lib.image_size import max_voxels
 from lib.params import DEFAULT_MAX_CLICKS, flag
 from lib.trainers.medsam2 import MedSam2Trainer
@@ -86,6 +87,8 @@ class MedSam2Config(TaskConfig):
         return {
             self.name: MedSam2InferTask(self.engine, self.labels, self.memory_policy, self.intensity,
                                         policies=self.policies, **self.limits),
+            f"{self.name}_scribbles": MedSam2ScribblesInferTask(self.engine, self.labels, self.memory_policy,
+                                                                self.intensity, policies=self.policies, **self.limits),
             f"{self.name}_oneprompt": OnePromptInferTask(self.provider, self.banks, self.labels, **self.limits),
         }
 

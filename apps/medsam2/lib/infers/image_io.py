@@ -48,6 +48,26 @@ def load_volume(path: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[np.nda
     return array, header
 
 
+def load_labelmap(path: str, shape, affine, max_voxels: int = DEFAULT_MAX_VOXELS) -> np.ndarray:
+    """A label file sent with a request (Slicer's scribbles, a painted slice) on the image's grid:
+    HTTP 422 if unreadable, of another shape, or placed elsewhere in space than the image."""
+    try:
+        array, header = read_image(path, max_voxels)
+    except HTTPException as e:
+        raise HTTPException(status_code=e.status_code, detail=f"the label file: {e.detail}") from e
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if tuple(array.shape) != tuple(shape):
+        raise HTTPException(status_code=422, detail=f"the label file has shape {list(array.shape)}, the image "
+                                                    f"{list(shape)}: export the labelmap on the image's grid")
+    ours, theirs = np.asarray(affine, dtype=np.float64), np.asarray(header["affine"], dtype=np.float64)
+    if not np.allclose(ours, theirs, rtol=1e-3, atol=1e-2):
+        raise HTTPException(status_code=422, detail="the label file lies elsewhere in space than the image (its "
+                                                    "origin, spacing or orientation differ): export the labelmap "
+                                                    "on the image's grid")
+    return array
+
+
 def image_path_or_404(request) -> str:
     path = request.get("image")
     if not isinstance(path, str) or not path or not (os.path.isfile(path) or os.path.isdir(path)):

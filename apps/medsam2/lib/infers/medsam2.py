@@ -25,7 +25,7 @@ from lib.params import DEFAULT_MAX_CLICKS, check_click_count, check_label_names
 
 from medsam2.checkpoints import CheckpointError
 from medsam2.frames import Intensity
-from medsam2.prompts import PromptError, parse_objects
+from medsam2.prompts import ObjectPrompt, PromptError, parse_objects
 from medsam2.service import InteractiveSegmenter
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,10 @@ logger = logging.getLogger(__name__)
 class MedSam2InferTask(InferTask):
     def __init__(self, engine: InteractiveSegmenter, labels: dict[str, int], memory_policy: str = "self_sorting",
                  intensity: str = "auto", policies: dict | None = None, description: str | None = None,
-                 max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS):
+                 max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS,
+                 type: InferType = InferType.DEEPGROW):
         super().__init__(
-            type=InferType.DEEPGROW,
+            type=type,
             labels=labels,
             dimension=3,
             description=description or "MedSAM-2: click or box on one slice, propagated through the volume",
@@ -58,15 +59,26 @@ class MedSam2InferTask(InferTask):
                                                         f"use one of {sorted(self.policies)}")
         return self.policies[name]
 
-    def __call__(self, request) -> tuple[str | None, dict[str, Any]]:
-        t0 = time.perf_counter()
-        image_path = image_path_or_404(request)
-        ext, dtype = result_format(request)
+    def check_request(self, request) -> None:
+        """Refuse a request without prompts before any image is read (HTTP 4xx)."""
         if not (request.get("foreground") or request.get("roi") or request.get("objects")):
             raise HTTPException(status_code=400, detail="no prompt: send 'foreground' clicks [[i, j, k], ...] "
                                                         "and/or an 'roi' [i0, i1, j0, j1, k0, k1]")
         check_label_names(request)
         check_click_count(request, self.max_clicks)
+
+    def objects(self, request, session) -> list[ObjectPrompt]:
+        """The request's prompts on the opened image (PromptError for unusable ones)."""
+        return parse_objects(request, session.shape, self.label_values)
+
+    def answered(self, request, session, objects, result) -> None:
+        """Called with each result, before it is written (the scribbles task remembers it)."""
+
+    def __call__(self, request) -> tuple[str | None, dict[str, Any]]:
+        t0 = time.perf_counter()
+        image_path = image_path_or_404(request)
+        ext, dtype = result_format(request)
+        self.check_request(request)
         try:
             intensity = Intensity.parse(request.get("intensity") or self._config["intensity"])
         except (TypeError, ValueError) as e:
@@ -83,10 +95,11 @@ class MedSam2InferTask(InferTask):
             except CheckpointError as e:
                 raise HTTPException(status_code=503, detail=f"the model is not available: {e}") from e
             try:
-                objects = parse_objects(request, session.shape, self.label_values)
+                objects = self.objects(request, session)
             except PromptError as e:
                 raise HTTPException(status_code=422, detail=str(e)) from e
             result, stats = self.engine.run(segmenter, session, objects, policy, cached)
+            self.answered(request, session, objects, result)
         t_write = time.perf_counter()
         dtype_max = np.iinfo(dtype).max if dtype != "float32" else None
         if dtype_max is not None and result.label.max(initial=0) > dtype_max:
@@ -112,6 +125,6 @@ class MedSam2InferTask(InferTask):
                 "transform": None,
             },
         }
-        logger.info("medsam2: %s objects on %s in %.2fs (features %s)", len(objects), os.path.basename(image_path),
-                    total, "cached" if cached else "computed")
+        logger.info("%s: %s objects on %s in %.2fs (features %s)", type(self).__name__, len(objects),
+                    os.path.basename(image_path), total, "cached" if cached else "computed")
         return label_file, params

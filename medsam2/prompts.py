@@ -53,12 +53,6 @@ class ObjectPrompt:
                 or any(p for _, _, p in self.clicks.get(k, []))]
 
     @property
-    def kept_slices(self) -> list[int]:
-        """Painted slices without clicks or a box: the user's truth there, returned exactly as painted."""
-        boxed = self.box[0] if self.box is not None else None
-        return [k for k in sorted(self.masks) if k not in self.clicks and k != boxed]
-
-    @property
     def correction_frames(self) -> list[int]:
         """Slices with background clicks only: corrections of the mask tracked there (propagation.py)."""
         initial = set(self.initial_frames)

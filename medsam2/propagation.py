@@ -49,6 +49,7 @@ class ObjectTrack:
     lowres: torch.Tensor  # (K, 1, h, w) low-resolution mask logits
     scores: np.ndarray  # (K,) object-score logits
     ious: np.ndarray  # (K,) predicted IoUs
+    exact: dict = field(default_factory=dict)  # slice -> (J, I) mask returned as it is (painted slices)
 
 
 @dataclass
@@ -178,6 +179,7 @@ class Segmenter:
             torch.cuda.synchronize(self.device)
         prompted_s = time.perf_counter() - t0
         per_object = {n: (prev.lowres, prev.scores, prev.ious) for n, prev in enumerate(previous) if n not in states}
+        exact = {n: states[n].get("exact", {}) if n in states else previous[n].exact for n in range(len(objects))}
         counts = {"reused": len(objects) - len(todo)}
         if todo and self.engine == "plain":
             for n in todo:
@@ -189,9 +191,9 @@ class Segmenter:
             per_object.update(zip(todo, tracked))
             counts.update(steps=stats.steps, slices=stats.slices, step_shapes=len(stats.shapes), settled=stats.settled)
         for n in todo:  # reused objects keep the track they were answered from
-            session.tracks[objects[n].label] = ObjectTrack(signatures[n], *per_object[n])
+            session.tracks[objects[n].label] = ObjectTrack(signatures[n], *per_object[n], exact=exact[n])
         per_object = [per_object[n] for n in range(len(objects))]
-        label, results = self._assemble(session, objects, per_object)
+        label, results = self._assemble(session, objects, per_object, [exact[n] for n in range(len(objects))])
         return SegmentationResult(label=label, objects=results,
                                   timings={"prompted_s": prompted_s, "propagate_s": time.perf_counter() - t0, **counts})
 
@@ -213,22 +215,42 @@ class Segmenter:
         0.12 under the CVPR 2025 protocol). SAM2's interactive predictor tracks to such a slice first and decodes
         the clicks with the tracked mask as mask input; `_correct_tracked` does the same. A painted slice
         is SAM2's mask prompt (`add_new_mask`: with SAM 2.1's configs the mask itself is the slice's output
-        and its memory); clicks on a painted slice are decoded with the painted mask as mask input."""
+        and its memory); clicks on a painted slice refine the paint (`_prompt_painted`)."""
         I, J, K = session.shape
         policy = memory_policy_factory() if memory_policy_factory else None
         state = self.model.init_volume_state(session.features, height=J, width=I, memory_policy=policy)
         initial = obj.initial_frames or obj.frames
         for k in initial:
             points, labels, box = obj.frame_inputs(k)
-            if k in obj.masks:  # a painted slice; clicks or a box there then refine the painted mask
-                self.model.add_new_mask(state, frame_idx=k, obj_id=1, mask=torch.from_numpy(obj.masks[k]))
-                if points is None and box is None:
-                    continue
+            if k in obj.masks:
+                self._prompt_painted(state, obj.masks[k], k, points, labels, box)
+                continue
             self.model.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=points, labels=labels, box=box)
         for k in obj.correction_frames if obj.initial_frames else []:
             self._correct_tracked(state, obj, k, initial)
         self.model.propagate_in_video_preflight(state)
         return state
+
+    def _prompt_painted(self, state: dict, painted: np.ndarray, k: int, points, labels, box) -> None:
+        """A painted slice is SAM2's mask prompt. Clicks (or a box) on it are decoded with the painted
+        mask as mask input, as SAM2 decodes clicks on a slice it already has a mask for; then foreground
+        clicks only add to the paint and background clicks only take from it (the union, the
+        intersection; with both kinds, SAM2's answer), and the slice is prompted with that mask: a
+        click never undoes what the user painted elsewhere on the slice."""
+        self.model.add_new_mask(state, frame_idx=k, obj_id=1, mask=torch.from_numpy(painted))
+        state.setdefault("exact", {})[k] = painted
+        if points is None and box is None:
+            return
+        _, _, video_res = self.model.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=points,
+                                                           labels=labels, box=box)
+        decoded = (video_res[0, 0] > 0).cpu()
+        paint = torch.from_numpy(painted)
+        kinds = set(labels.tolist()) if labels is not None else {1}
+        if box is not None:
+            kinds.add(1)
+        merged = paint | decoded if kinds == {1} else paint & decoded if kinds == {0} else decoded
+        self.model.add_new_mask(state, frame_idx=k, obj_id=1, mask=merged)
+        state["exact"][k] = merged.numpy()
 
     def _correct_tracked(self, state: dict, obj: ObjectPrompt, k: int, initial: list[int]) -> None:
         """SAM2's click on a tracked slice: track from the nearest initial slice to k (SAM2's own
@@ -326,10 +348,11 @@ class Segmenter:
 
     # ---------------------------------------------------------------------------------- the label
 
-    def _assemble(self, session: VolumeSession, objects, per_object, chunk: int = 32):
+    def _assemble(self, session: VolumeSession, objects, per_object, exact, chunk: int = 32):
         """Low-resolution logits -> the label at the image's size: upsampled as SAM2 does, bounded
-        by a 3D roi, overlapping objects resolved by the larger logit; in chunks of slices. A painted
-        slice without clicks comes back exactly as painted (SAM2 keeps it only at its low resolution)."""
+        by a 3D roi, overlapping objects resolved by the larger logit; in chunks of slices. `exact`
+        holds each object's painted slices, which come back exactly as prompted (SAM2 keeps a mask
+        prompt only at its low resolution)."""
         I, J, K = session.shape
         dtype = torch.uint8 if max(o.value for o in objects) < 256 else torch.int32
         label = torch.zeros((K, J, I), dtype=dtype, device=self.device)
@@ -351,9 +374,9 @@ class Segmenter:
                     mask &= logits > best
                     best = torch.where(mask, logits, best)
                 label[a:b][mask] = obj.value
-                for k in obj.kept_slices:  # the user's painted slices, exactly as painted
+                for k, painted in exact[n].items():  # the user's painted slices, exactly as painted
                     if a <= k < b:
-                        painted = torch.from_numpy(obj.masks[k]).to(self.device)
+                        painted = torch.from_numpy(painted).to(self.device)
                         mask[k - a] = painted
                         label[k][label[k] == obj.value] = 0
                         label[k][painted] = obj.value

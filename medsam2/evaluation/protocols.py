@@ -1,9 +1,13 @@
 """The simulated clinician: where the first box or click goes, and where each correction goes.
 
 A protocol is one first prompt on the slice where the structure is largest (or, with key_slice "end",
-its largest slice within the first 10 % of its extent: long-range propagation), either
-  box    its bounding box there (optionally jittered by `box_jitter`, a fraction of the box size), or
-  click  one foreground click at the interior point farthest from the border there,
+its largest slice within the first 10 % of its extent: long-range propagation), one of
+  box       its bounding box there (optionally jittered by `box_jitter`, a fraction of the box size),
+  click     one foreground click at the interior point farthest from the border there,
+  mask      its true mask there, painted by hand (SAM 2's mask prompt), or
+  scribble  a foreground stroke along its medial axis there (3 px wide) and a background stroke around
+            it, 3-4 px outside its border, each turned into clicks as the server turns Slicer's
+            scribbles into clicks (painted.stroke_points, `scribble_points` per stroke),
 then up to `corrections` corrective clicks, each in the largest error region of the worst slice
 (the slice with the most wrong voxels): a foreground click in a missed region, a background click in
 a false-positive one, at that region's most interior pixel. Every prompt is replayed and the volume
@@ -25,16 +29,18 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import skeletonize
 
 from ..clicks import bounding_box, corrective_click, interior_point, largest_slice
+from ..painted import POINTS_PER_STROKE, stroke_points
 from ..prompts import ObjectPrompt
 
-FIRST_PROMPTS = ("box", "click")
+FIRST_PROMPTS = ("box", "click", "mask", "scribble")
 KEY_SLICES = ("largest", "end", "middle")
 CORRECTION_RULES = ("worst_slice", "largest_component")
 
@@ -49,6 +55,7 @@ class Protocol:
     correction_rule: str = "worst_slice"  # or "largest_component": centre of the largest 3D error component
     time_limit_s: float | None = None  # a structure whose inferences take longer in total scores 0
     label: str | None = None  # a name of its own (cvpr25)
+    scribble_points: int = POINTS_PER_STROKE  # clicks taken from each scribbled stroke
 
     def __post_init__(self):
         if self.first not in FIRST_PROMPTS:
@@ -68,21 +75,26 @@ class Protocol:
 
     @classmethod
     def parse(cls, spec: str, corrections: int | None = None, box_jitter: float = 0.0,
-              key_slice: str = "largest") -> "Protocol":
-        """"click", "box", with corrections "click+3" (an explicit `corrections` wins), or "cvpr25"."""
+              key_slice: str = "largest", scribble_points: int = POINTS_PER_STROKE) -> "Protocol":
+        """"click", "box", "mask", "scribble", with corrections "click+3" (an explicit `corrections`
+        wins), or "cvpr25"."""
         if str(spec).strip().lower() == "cvpr25":
             return cls.cvpr25()
-        m = re.fullmatch(r"\s*(box|click)\s*(?:\+\s*(\d+))?\s*", str(spec).lower())
+        m = re.fullmatch(r"\s*(box|click|mask|scribble)\s*(?:\+\s*(\d+))?\s*", str(spec).lower())
         if not m:
-            raise ValueError(f"unknown protocol {spec!r}: use box, click, box+N, click+N or cvpr25")
+            raise ValueError(f"unknown protocol {spec!r}: use box, click, mask or scribble, each with +N "
+                             "corrections, or cvpr25")
         n = corrections if corrections is not None else int(m.group(2) or 0)
-        return cls(m.group(1), int(n), float(box_jitter), key_slice)
+        return cls(m.group(1), int(n), float(box_jitter), key_slice, scribble_points=int(scribble_points))
 
     @property
     def name(self) -> str:
         if self.label:
             return self.label
-        return f"{self.first}+{self.corrections}" if self.corrections else self.first
+        first = self.first
+        if first == "scribble" and self.scribble_points != POINTS_PER_STROKE:
+            first = f"scribble({self.scribble_points})"
+        return f"{first}+{self.corrections}" if self.corrections else first
 
     @property
     def interactions(self) -> int:
@@ -99,11 +111,15 @@ class Interaction:
     j: float | None = None
     box: tuple[float, float, float, float] | None = None  # (i0, j0, i1, j1), i1/j1 exclusive
     slices: tuple[int, int] | None = None  # the box's slice range (first, last), when the protocol gives it
+    mask: np.ndarray | None = field(default=None, compare=False)  # mask: the painted (J, I) frame
+    points: tuple[tuple[float, float, int], ...] = ()  # scribble: clicks (i, j, 1|0) taken from the strokes
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "k": self.k, "i": self.i, "j": self.j,
                 "box": list(self.box) if self.box is not None else None,
-                "slices": list(self.slices) if self.slices is not None else None}
+                "slices": list(self.slices) if self.slices is not None else None,
+                "painted_pixels": int(self.mask.sum()) if self.mask is not None else None,
+                "points": [list(p) for p in self.points] or None}
 
 
 def key_slice(truth: np.ndarray, where: str = "largest") -> int | None:
@@ -131,12 +147,27 @@ def first_interaction(protocol: Protocol, truth: np.ndarray, rng: np.random.Gene
     if k is None:
         raise ValueError("the structure is empty: nothing to prompt")
     frame = truth[:, :, k].T  # frame rows are J, columns I (frames.py)
+    if protocol.first == "mask":
+        return Interaction("mask", k, mask=frame.copy())
+    if protocol.first == "scribble":
+        inside, outside = scribble_strokes(frame)
+        points = [(float(x), float(y), 1) for x, y in stroke_points(inside, protocol.scribble_points)]
+        points += [(float(x), float(y), 0) for x, y in stroke_points(outside, protocol.scribble_points)]
+        return Interaction("scribble", k, points=tuple(points))
     if protocol.first == "box":
         ks = np.nonzero(truth.any(axis=(0, 1)))[0]
         extent = (int(ks[0]), int(ks[-1])) if protocol.slice_range else None
         return Interaction("box", k, box=bounding_box(frame, rng, protocol.box_jitter), slices=extent)
     x, y = interior_point(frame)
     return Interaction("click", k, i=x, j=y)
+
+
+def scribble_strokes(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A simulated annotator's two strokes on a (J, I) frame mask: one along the structure's medial
+    axis (its skeleton, widened to 3 px and kept inside), one around it 3-4 px outside its border."""
+    inside = ndimage.binary_dilation(skeletonize(frame), structure=np.ones((3, 3), dtype=bool)) & frame
+    outside_dist = ndimage.distance_transform_edt(~frame)
+    return inside, (outside_dist > 3) & (outside_dist <= 4)
 
 
 def worst_slice(pred: np.ndarray, truth: np.ndarray) -> int | None:
@@ -178,7 +209,12 @@ def correction(pred: np.ndarray, truth: np.ndarray, rule: str = "worst_slice") -
 
 def add_to_prompt(obj: ObjectPrompt, step: Interaction, shape=None) -> None:
     """Add an interaction to the object's prompts (voxel (i, j) is frame point (i + .5, j + .5))."""
-    if step.kind == "box":
+    if step.kind == "mask":
+        obj.masks[step.k] = step.mask
+    elif step.kind == "scribble":
+        for x, y, positive in step.points:
+            obj.clicks.setdefault(step.k, []).append((x + 0.5, y + 0.5, positive))
+    elif step.kind == "box":
         obj.box = (step.k, step.box)
         if step.slices is not None:  # a roi over the whole plane (of `shape`) bounds the result to the slices
             obj.roi = (0, int(shape[0]) - 1, 0, int(shape[1]) - 1, int(step.slices[0]), int(step.slices[1]))

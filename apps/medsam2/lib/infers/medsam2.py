@@ -111,7 +111,9 @@ class MedSam2InferTask(InferTask):
             "label_names": {o.label: o.value for o in objects},
             "objects": [{"label": o.label, "value": o.value,
                          "slices": [min(o.slices), max(o.slices)] if o.slices else [],
-                         "slice_count": len(o.slices)} for o in result.objects],
+                         "slice_count": len(o.slices), "prompted_slices": prompt.frames,
+                         "painted_slices": sorted(prompt.masks)}
+                        for o, prompt in zip(result.objects, objects)],
             "memory_policy": request.get("memory_policy") or self._config["memory_policy"],
             "engine": stats,
             "latencies": {

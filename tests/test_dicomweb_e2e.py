@@ -162,7 +162,11 @@ def _listening_sockets(pid: int) -> list[tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def orthanc(orthanc_install, tmp_path_factory) -> Orthanc:
-    folder = tmp_path_factory.mktemp("orthanc")
+    yield from run_orthanc(orthanc_install, tmp_path_factory.mktemp("orthanc"))
+
+
+def run_orthanc(orthanc_install, folder: Path, users: dict | None = None):
+    """Orthanc on 127.0.0.1 (with `users`: a password required, {name: password})."""
     shim_c, shim = folder / "bind_loopback.c", folder / "bind_loopback.so"
     shim_c.write_text(BIND_SHIM)
     subprocess.run([orthanc_install["cc"], "-shared", "-fPIC", "-O2", "-o", str(shim), str(shim_c), "-ldl"],
@@ -175,7 +179,8 @@ def orthanc(orthanc_install, tmp_path_factory) -> Orthanc:
         "DicomServerEnabled": False,
         "DicomPort": free_port(),
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": users or {},
         "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "index"),
         "Plugins": [orthanc_install["plugin"]],
@@ -196,7 +201,8 @@ def orthanc(orthanc_install, tmp_path_factory) -> Orthanc:
         if proc.poll() is not None:
             pytest.fail(f"Orthanc exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/system", timeout=2).status_code == 200:
+            if requests.get(f"{url}/system", timeout=2, auth=next(iter(users.items())) if users else None
+                            ).status_code == 200:
                 break
         except requests.ConnectionError:
             pass
@@ -204,8 +210,10 @@ def orthanc(orthanc_install, tmp_path_factory) -> Orthanc:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"Orthanc did not answer within 60 s:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-    yield Orthanc(url, proc, port, log)
-    stop_server(proc)  # the same process-group stop as for the MONAI Label server
+    try:
+        yield Orthanc(url, proc, port, log)
+    finally:
+        stop_server(proc)  # the same process-group stop as for the MONAI Label server
 
 
 # ---------------------------------------------------------------------------------------- the CT series
@@ -513,3 +521,107 @@ def test_series_kept_as_a_dicom_folder_gives_the_same_label_and_saves(orthanc, c
         np.testing.assert_array_equal(seg_masks(seg, ct)["organ"], label == 1)
     finally:
         stop_server(server.proc)
+
+
+# ------------------------------------------------------------------- the viewer's way to the PACS: /proxy/dicom
+
+
+def test_a_qido_search_through_the_proxy_returns_what_orthanc_returns(app, orthanc, ct):
+    """OHIF's study list searches through the app (/proxy/dicom/qido); MONAI Label 0.8.5 dropped the
+    query string, so a search for a patient that does not exist listed every study."""
+    for query in ({"PatientID": "nobody"}, {"PatientID": ct.patient_id}, {"limit": "1", "offset": "0"},
+                  {"StudyInstanceUID": ct.study, "includefield": "00081030"}):
+        direct = requests.get(f"{orthanc.dicomweb}/studies", params=query, timeout=30)
+        proxied = requests.get(f"{app.url}/proxy/dicom/qido/studies", params=query, timeout=30)
+        assert proxied.status_code == direct.status_code
+        assert (proxied.json() if proxied.content else []) == (direct.json() if direct.content else [])
+    nobody = requests.get(f"{app.url}/proxy/dicom/qido/studies", params={"PatientID": "nobody"}, timeout=30)
+    assert not nobody.content or nobody.json() == []
+
+
+def test_the_proxy_passes_accept_so_wado_answers_in_the_format_ohif_asks_for(app, orthanc, ct):
+    path = f"studies/{ct.study}/series/{ct.series}/instances/{ct.sop_uids[0]}"
+    accept = {"Accept": 'multipart/related; type="application/dicom"'}
+    direct = requests.get(f"{orthanc.dicomweb}/{path}", headers=accept, timeout=30)
+    proxied = requests.get(f"{app.url}/proxy/dicom/wado/{path}", headers=accept, timeout=30)
+    assert direct.status_code == proxied.status_code == 200
+    assert proxied.headers["content-type"].startswith("multipart/related")
+    assert len(proxied.content) == len(direct.content)
+    meta = requests.get(f"{app.url}/proxy/dicom/qido/studies/{ct.study}/series/{ct.series}/metadata",
+                        headers={"Accept": "application/dicom+json"}, timeout=30)
+    assert meta.status_code == 200 and len(meta.json()) == SHAPE[2]
+
+
+def test_stow_through_the_proxy_stores_in_orthanc_with_a_standard_client(app, orthanc, tmp_path):
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(f"{app.url}/proxy/dicom", qido_url_prefix="qido", wado_url_prefix="wado",
+                            stow_url_prefix="stow")
+    extra = write_ct_series(tmp_path, seed=702)
+    client.store_instances([pydicom.dcmread(str(extra.files[0]))])
+    found = client.search_for_series(search_filters={"SeriesInstanceUID": extra.series})
+    assert [s["0020000E"]["Value"][0] for s in found] == [extra.series]
+    direct = requests.get(f"{orthanc.dicomweb}/series", params={"SeriesInstanceUID": extra.series}, timeout=30)
+    assert len(direct.json()) == 1
+
+
+@pytest.mark.parametrize("path", ["qido/%2E%2E/%2E%2E/system", "qido/studies/%2E%2E/%2E%2E/%2E%2E/statistics",
+                                  "wado/..%2F..%2Fsystem", "%2E%2E/system"])
+def test_the_proxy_never_leaves_the_dicomweb_root(app, orthanc, path):
+    """Orthanc's own REST API (/system, /tools/...) lies next to /dicom-web: a path must not reach it."""
+    assert requests.get(f"{orthanc.url}/system", timeout=30).status_code == 200  # it is there
+    r = requests.get(f"{app.url}/proxy/dicom/{path}", timeout=30)
+    assert r.status_code == 400 and "not a DICOMweb path" in r.json()["detail"]
+    import http.client
+
+    raw = http.client.HTTPConnection("127.0.0.1", int(app.url.rsplit(":", 1)[1]), timeout=30)
+    raw.request("GET", "/proxy/dicom/qido/../../../system")  # sent as is, not normalised by a client
+    answer = raw.getresponse()
+    assert answer.status in (400, 404) and b"DatabaseVersion" not in answer.read()
+
+
+def test_the_viewer_serves_its_nested_files_as_what_they_are_and_points_the_panel_here(app):
+    import mimetypes
+
+    import monailabel.endpoints
+
+    viewer = Path(monailabel.endpoints.__file__).parent / "static" / "ohif"
+    nested = next(p for p in sorted(viewer.rglob("*.js")) if p.parent != viewer)  # MONAI Label served index.html
+    r = requests.get(f"{app.url}/ohif/{nested.relative_to(viewer)}", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith(mimetypes.guess_type(nested.name)[0])
+    assert r.content == nested.read_bytes()
+    page = requests.get(f"{app.url}/ohif/monai-label", params={"StudyInstanceUIDs": "1.2.3"}, timeout=30)
+    assert page.status_code == 200 and b"<html" in page.content[:500].lower()
+    from urllib.parse import unquote
+
+    assert unquote(page.cookies.get("MONAILABEL_SERVER_URL")) == f"{app.url}/"  # the panel unescapes it
+    typed = requests.get(f"{app.url}/ohif/", cookies={"MONAILABEL_SERVER_URL": "http://127.0.0.1:9/"}, timeout=30)
+    assert "MONAILABEL_SERVER_URL" not in typed.cookies  # the user's own choice is kept
+    assert requests.get(f"{app.url}/ohif/assets/no-such-file.js", timeout=30).status_code == 404
+
+
+def test_an_orthanc_with_a_password_works_through_the_datastore_and_the_proxy(orthanc_install, random_checkpoint,
+                                                                             tmp_path_factory):
+    users = {"annotator": "s3cret-pw"}
+    secured = run_orthanc(orthanc_install, tmp_path_factory.mktemp("orthanc_secured"), users)
+    pacs = next(secured)
+    try:
+        series = write_ct_series(tmp_path_factory.mktemp("ct_secured"), seed=703)
+        for path in series.files:
+            assert requests.post(f"{pacs.url}/instances", data=path.read_bytes(), auth=("annotator", "s3cret-pw"),
+                                 timeout=30).status_code == 200
+        assert requests.get(f"{pacs.dicomweb}/studies", timeout=30).status_code == 401  # the password is needed
+        log = tmp_path_factory.mktemp("secured_logs") / "server.log"
+        server = start_server(pacs.dicomweb, app_conf(random_checkpoint, tmp_path_factory), log,
+                              app_env(tmp_path_factory, MONAI_LABEL_DICOMWEB_USERNAME="annotator",
+                                      MONAI_LABEL_DICOMWEB_PASSWORD="s3cret-pw"))
+        try:
+            stats = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+            assert stats["total"] == 1
+            found = requests.get(f"{server.url}/proxy/dicom/qido/studies", params={"PatientID": series.patient_id},
+                                 timeout=30)
+            assert found.status_code == 200 and [s["0020000D"]["Value"][0] for s in found.json()] == [series.study]
+        finally:
+            stop_server(server.proc)
+    finally:
+        secured.close()  # stops that Orthanc

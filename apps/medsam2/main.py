@@ -18,7 +18,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import auth, dicomweb, http_errors, infer_route
+from lib import auth, dicom_proxy, dicomweb, http_errors, infer_route, ohif_viewer
 from lib.datastore import CheckedLocalDatastore
 from lib.image_ids import check_image_id
 from lib.image_size import max_voxels
@@ -97,3 +97,5 @@ class MedSam2App(MONAILabelApp):
         limits = {name: 1 for name in self._infers}  # others: one at a time, as MONAI Label runs them
         limits.update({name: config.infer_concurrency for name, config in self.models.items()})
         infer_route.install(fastapi_app, limits)
+        dicom_proxy.install(fastapi_app, self.studies)
+        ohif_viewer.install(fastapi_app)

@@ -27,6 +27,8 @@ from monailabel.config import RBAC_USER, settings
 from monailabel.endpoints import infer as monailabel_infer
 from monailabel.endpoints.user.auth import RBAC, User
 
+from lib.routes import add_first
+
 logger = logging.getLogger(__name__)
 
 PATH = f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}"
@@ -39,8 +41,6 @@ def install(fastapi_app, limits: dict[str, int]) -> None:
     other = ThreadPoolExecutor(1, thread_name_prefix="infer-other")
     fastapi_app.state.infer_pools = pools
 
-    @fastapi_app.post(PATH, summary=f"{RBAC_USER}Run Inference for supported model", tags=["Infer"],
-                      responses=monailabel_infer.router.responses)
     async def run_inference_on_model_threads(
         background_tasks: BackgroundTasks,
         model: str,
@@ -56,10 +56,6 @@ def install(fastapi_app, limits: dict[str, int]) -> None:
                                              session_id, params, file, label, output)
         return await asyncio.wrap_future(job)
 
-    # The router takes the first route that matches: put this one before MONAI Label's, which stays
-    # registered but is never reached (FastAPI keeps included routers as they are, not as copies).
-    routes = fastapi_app.router.routes
-    ours = next(r for r in routes if getattr(r, "endpoint", None) is run_inference_on_model_threads)
-    routes.remove(ours)
-    routes.insert(0, ours)
+    add_first(fastapi_app, PATH, run_inference_on_model_threads, ["POST"], summary=f"{RBAC_USER}Run Inference for "
+              "supported model", tags=["Infer"], responses=monailabel_infer.router.responses)
     logger.info("/infer runs on each model's threads: %s", dict(limits))

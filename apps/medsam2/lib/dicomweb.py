@@ -17,7 +17,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pydicom
@@ -82,9 +82,30 @@ def write_dicom_seg(series_dir: str, label_file: str, label_info, use_dcmqi: boo
 
 
 class SegDICOMWebDatastore(DICOMWebDatastore):
-    """MONAI Label's DICOMweb datastore; only the DICOM-SEG writer of `save_label` differs."""
+    """MONAI Label's DICOMweb datastore; the DICOM-SEG writer of `save_label` differs, and which images
+    are labelled is asked of the PACS each time (`get_labeled_images`)."""
 
     use_dcmqi = False
+
+    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        """Image series that a DICOM-SEG in the PACS references. MONAI Label caches this answer for
+        MONAI_LABEL_DICOMWEB_CACHE_EXPIRY (two hours by default), so a SEG that OHIF stores in the PACS
+        itself (STOW, not through this app) did not count: "next sample" handed the image just
+        labelled over again, and the datastore's counts stayed as they were. Here the SEG series are
+        listed on every call; each SEG's metadata is read once (what a SEG references never changes)."""
+        refs = self.__dict__.setdefault("_seg_references", {})
+        images = set(self.list_images())
+        labelled: List[str] = []
+        for item in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            seg = pydicom.Dataset.from_json(item)
+            uid = str(seg["SeriesInstanceUID"].value)
+            if uid not in refs:
+                meta = self._client.retrieve_series_metadata(str(seg["StudyInstanceUID"].value), uid)
+                referenced = pydicom.Dataset.from_json(meta[0]).get("ReferencedSeriesSequence") if meta else None
+                refs[uid] = str(referenced[0].SeriesInstanceUID) if referenced else None
+            if refs[uid] in images and refs[uid] not in labelled:
+                labelled.append(refs[uid])
+        return labelled
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
                    label_id: str = "") -> str:

@@ -133,23 +133,57 @@ def test_a_click_with_the_point_tool_draws_the_servers_answer_on_every_slice(app
     loop["shown"] = shown > 0
 
 
+def wait_for_new_seg(orthanc, study: str, before: set, timeout: float = 120) -> str:
+    deadline = time.time() + timeout
+    while not (new := seg_series(orthanc, study) - before):
+        assert time.time() < deadline, "no new DICOM-SEG series in the PACS"
+        time.sleep(1)
+    assert len(new) == 1, new
+    return new.pop()
+
+
+def test_the_panels_save_label_option_stores_the_answer_as_a_seg_through_the_app(app, orthanc, studies, page, loop,
+                                                                                 tmp_path):
+    """The closest working path to a label from OHIF: the panel's Options, infer, medsam2, save_label ticked;
+    the next Run stores its answer as the image's label, a DICOM-SEG the app writes on the CT's grid."""
+    first, _ = studies
+    before = seg_series(orthanc, first.study)
+    page.click_text("a", "Options / Configurations")
+    page.until("""const row = [...document.querySelectorAll('tr')].find(r => r.offsetParent && r.cells.length > 1
+        && r.cells[0].textContent.trim() === 'save_label');
+        if (!row) return false;
+        const box = row.querySelector('input[type=checkbox]');
+        if (!box.checked) box.click();
+        return box.checked;""")
+    page.shot("4_save_label_option")
+    page.click_text("button", "Confirm")
+    page.driver.execute_script("""const runs = [...document.querySelectorAll('.tab-content button')]
+        .filter(b => b.offsetParent && b.textContent.trim() === 'Run'); runs[runs.length - 1].click();""")
+    seg_uid = wait_for_new_seg(orthanc, first.study, before)
+    seg, path = fetch_seg(orthanc, first.study, seg_uid, tmp_path)
+    validate(path)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.series
+    masks = seg_masks(seg, first)
+    assert list(masks) == ["object"]  # the panel does not say which label a click is for (docs/deployment.md)
+    np.testing.assert_array_equal(masks["object"], loop["shown"])  # what was shown, on the CT's grid
+
+
 def test_storing_the_segmentation_puts_a_dicom_seg_of_the_ct_in_the_pacs(app, orthanc, studies, page, loop, tmp_path):
     """OHIF's own store command (its segmentation panel's Store runs it; the MONAI Label mode shows no
     segmentation panel, see docs/deployment.md), its Create Report dialog, then STOW through the app's
     /proxy/dicom to Orthanc."""
     first, _ = studies
+    page.until("return !document.querySelector('[role=dialog]')")  # the Options dialog has gone
     before = seg_series(orthanc, first.study)
     page.driver.execute_script("""window.__stored = null;
         Promise.resolve(window.commandsManager.runCommand('storeSegmentation', {segmentationId: '1'}, 'CORNERSTONE'))
           .then(() => { window.__stored = 'ok'; }).catch(e => { window.__stored = 'error: ' + e; });""")
     page.until("return document.activeElement && document.activeElement.tagName === 'INPUT'")
-    page.shot("4_store_dialog")
+    page.shot("5_store_dialog")
     page.driver.switch_to.active_element.send_keys("MedSAM-2 organ")
     page.click_text("button", "Save")
     assert page.until("return window.__stored") == "ok"
-    new = seg_series(orthanc, first.study) - before
-    assert len(new) == 1, new
-    loop["seg_series"] = seg_uid = new.pop()
+    loop["seg_series"] = seg_uid = wait_for_new_seg(orthanc, first.study, before)
     seg, path = fetch_seg(orthanc, first.study, seg_uid, tmp_path)
     # OHIF writes its own name, 17 characters, into the file meta's 16-character Implementation Version
     # Name (0002,0013): the one error dciodvfy reports, OHIF's, not in the segmentation itself
@@ -198,5 +232,5 @@ def test_next_sample_in_the_panel_hands_over_the_other_study(app, studies, page)
         && e.textContent.trim() === 'Active Learning - Next Sample');
         const dialog = title && title.closest('[role=dialog]') || (title && title.parentElement.parentElement);
         return dialog ? dialog.innerText : null;""", timeout=120)
-    page.shot("5_next_sample")
+    page.shot("6_next_sample")
     assert second.series in text and first.series not in text

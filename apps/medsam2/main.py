@@ -11,6 +11,7 @@ from typing import Dict
 import monailabel
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -22,6 +23,7 @@ from lib import auth, dicom_proxy, dicomweb, http_errors, infer_route, ohif_view
 from lib.datastore import CheckedLocalDatastore
 from lib.image_ids import check_image_id
 from lib.image_size import max_voxels
+from lib.params import flag
 from lib.configs import MedSam2Config
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,12 @@ class MedSam2App(MONAILabelApp):
 
     def infer(self, request, datastore=None):
         check_image_id(request, datastore or self.datastore())
+        if "save_label" in request:
+            # a user who asks to save an answer means it as the image's label (MONAI Label would tag it
+            # "original", which a DICOMweb datastore never stores as DICOM-SEG); "false" is not true
+            request = {**request, "save_label": flag(request["save_label"])}
+            if request["save_label"]:
+                request.setdefault("label_tag", DefaultLabelTag.FINAL)
         return super().infer(request, datastore)
 
     def init_trainers(self) -> Dict[str, TrainTask]:

@@ -112,6 +112,9 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         logger.info(f"Save label for {image_id}: {label_filename} ({label_tag}) {label_info}")
         check_name(label_tag, "label tag")  # a folder of the local cache
         segments = label_info.get("label_info")
+        names = (label_info.get("params") or {}).get("label_names") if isinstance(label_info.get("params"), dict) else None
+        if segments is None and isinstance(names, dict):  # an infer answer saved with save_label: its names
+            segments = label_info["label_info"] = [{"name": n} for n, _ in sorted(names.items(), key=lambda kv: kv[1])]
         for n, segment in enumerate(segments if isinstance(segments, list) else []):
             if isinstance(segment, dict) and segment.get("name") is not None:
                 label_name(segment["name"], f"label_info[{n}].name")  # a SegmentLabel: DICOM LO, 64 characters

@@ -41,7 +41,9 @@ class MedSam2InferTask(InferTask):
             labels=labels,
             dimension=3,
             description=description or "MedSAM-2: click or box on one slice, propagated through the volume",
-            config={"memory_policy": memory_policy, "intensity": intensity, "reset_state": False},
+            # save_label: store each answer as the image's label (OHIF's panel shows it under Options; its
+            # MONAI Label mode has no other way to save a label: docs/deployment.md, "OHIF")
+            config={"memory_policy": memory_policy, "intensity": intensity, "reset_state": False, "save_label": False},
         )
         self.engine = engine
         self.label_values = dict(labels)

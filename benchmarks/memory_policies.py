@@ -17,28 +17,15 @@ Writes bench-results/memory_policies.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from medsam2 import evaluate  # noqa: E402
+from benchmarks.evaluation_runs import SETS, report, run_on_set  # noqa: E402
 
-SETS = {  # name -> the evaluate command that writes it
-    "phantoms": ["make-phantoms", "--count", "10"],
-    "twins": ["make-memory-phantoms", "--kind", "twins", "--count", "8"],
-    "twins+fade": ["make-memory-phantoms", "--kind", "twins+fade", "--count", "8"],
-    "twins+gap": ["make-memory-phantoms", "--kind", "twins+gap", "--count", "8"],
-    "twins+drift": ["make-memory-phantoms", "--kind", "twins+drift", "--count", "8"],
-    "twins+fade+long": ["make-memory-phantoms", "--kind", "twins+fade+long", "--count", "8"],
-    "twins+gap+long": ["make-memory-phantoms", "--kind", "twins+gap+long", "--count", "8"],
-    "phantom+fade": ["make-memory-phantoms", "--kind", "phantom+fade", "--count", "8"],
-    "mni152": ["make-mni152"],
-}
 PROTOCOLS = {"click": ["--protocol", "click"], "click, end": ["--protocol", "click", "--key-slice", "end"]}
 
 
@@ -55,22 +42,14 @@ def main(argv=None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="memory-policies-"))
     rows = []
     for name in args.sets:
-        data = work / "data" / name.replace("+", "_")
-        if not data.exists():
-            evaluate.main([SETS[name][0], str(data), *SETS[name][1:]])
         for protocol in args.protocols:
-            out = work / "results" / f"{name.replace('+', '_')}__{protocol.replace(', ', '_')}"
-            run = ["run", str(data), "--checkpoint", args.checkpoint, "--policy", *args.policies,
-                   "--no-progress", "--out", str(out), *PROTOCOLS[protocol]]
-            if args.model_config:
-                run += ["--model-config", args.model_config]
-            t0 = time.time()
-            if evaluate.main(run) != 0:
+            done = run_on_set(work, name, protocol, ["--policy", *args.policies, *PROTOCOLS[protocol]],
+                              args.checkpoint, args.model_config)
+            if done is None:
                 return 1
-            summary = {r["policy"]: r for r in json.loads((out / "summary.json").read_text())["summary"]
-                       if r["structure"] == "all"}
+            summary = {r["policy"]: r for r in done[0] if r["structure"] == "all"}
             rows.append({"set": name, "protocol": protocol, "cases": summary[args.policies[0]]["cases"],
-                         "seconds": round(time.time() - t0, 1),
+                         "seconds": done[1],
                          **{p: {k: summary[p][k] for k in ("dice_mean", "nsd_mean", "dice_before_mean",
                                                            "dice_after_mean", "other_covered_mean")}
                             for p in args.policies}})
@@ -87,11 +66,7 @@ def main(argv=None) -> int:
                       f"{f(a, 'dice_before_mean')}|{f(a, 'dice_after_mean')} / "
                       f"{f(b, 'dice_before_mean')}|{f(b, 'dice_after_mean')}",
                       f"{f(a, 'other_covered_mean')} / {f(b, 'other_covered_mean')}"])
-    widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
-    print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"checkpoint": args.checkpoint, "workdir": str(work), "rows": rows}, indent=1) + "\n")
-    print(f"\nwrote {args.out} (per-case results in {work / 'results'})")
+    report(lines, rows, args.out, args.checkpoint, work)
     return 0
 
 

@@ -15,17 +15,14 @@ prompted one, and writes bench-results/prompt_kinds.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.memory_policies import SETS  # noqa: E402
-from medsam2 import evaluate  # noqa: E402
+from benchmarks.evaluation_runs import SETS, report, run_on_set  # noqa: E402
 
 PROTOCOLS = {  # name -> evaluate run arguments
     "click": ["--protocol", "click"],
@@ -54,23 +51,12 @@ def main(argv=None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="prompt-kinds-"))
     rows = []
     for name in args.sets:
-        data = work / "data" / name.replace("+", "_")
-        if not data.exists():
-            evaluate.main([SETS[name][0], str(data), *SETS[name][1:]])
         for protocol in args.protocols:
-            tag = protocol.replace("+", "_plus_").replace("(", "_").replace(")", "")
-            out = work / "results" / f"{name.replace('+', '_')}__{tag}"
-            run = ["run", str(data), "--checkpoint", args.checkpoint, "--no-progress", "--out", str(out),
-                   *PROTOCOLS[protocol]]
-            if args.model_config:
-                run += ["--model-config", args.model_config]
-            t0 = time.time()
-            if evaluate.main(run) != 0:
+            done = run_on_set(work, name, protocol, PROTOCOLS[protocol], args.checkpoint, args.model_config)
+            if done is None:
                 return 1
-            summary = next(r for r in json.loads((out / "summary.json").read_text())["summary"]
-                           if r["structure"] == "all")
-            rows.append({"set": name, "protocol": protocol, "cases": summary["cases"],
-                         "seconds": round(time.time() - t0, 1),
+            summary = next(r for r in done[0] if r["structure"] == "all")
+            rows.append({"set": name, "protocol": protocol, "cases": summary["cases"], "seconds": done[1],
                          **{k: summary[k] for k in ("dice_mean", "nsd_mean", "dice_before_mean", "dice_after_mean",
                                                     "other_covered_mean")}})
 
@@ -81,11 +67,7 @@ def main(argv=None) -> int:
     lines = [head] + [[r["set"], r["protocol"], str(r["cases"]), f(r["dice_mean"]), f(r["nsd_mean"]),
                        f"{f(r['dice_before_mean'])} | {f(r['dice_after_mean'])}", f(r["other_covered_mean"]),
                        str(r["seconds"])] for r in rows]
-    widths = [max(len(line[c]) for line in lines) for c in range(len(head))]
-    print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"checkpoint": args.checkpoint, "workdir": str(work), "rows": rows}, indent=1) + "\n")
-    print(f"\nwrote {args.out} (per-case results in {work / 'results'})")
+    report(lines, rows, args.out, args.checkpoint, work)
     return 0
 
 

@@ -130,12 +130,19 @@ def labelmap_prompt(labelmap: np.ndarray, label_info=None, selected: str | None 
     a labelmap that is not whole numbers, holds values `label_info` does not name, or paints nothing."""
     if labelmap.ndim != 3:
         raise PromptError(f"the label file must be a 3D labelmap; got shape {list(labelmap.shape)}")
-    if labelmap.dtype.kind == "f":
-        if not np.isfinite(labelmap).all() or (labelmap != np.round(labelmap)).any():
+    if labelmap.dtype.kind == "f":  # MONAI's readers give float32
+        if not np.isfinite(labelmap).all():
+            raise PromptError("the label file must hold whole-number segment ids (it holds NaN or infinity)")
+        ints = labelmap.astype(np.int64)
+        if (ints != labelmap).any():
             raise PromptError("the label file must hold whole-number segment ids (it holds fractions)")
+        labelmap = ints
+    if labelmap.size and labelmap.min() < 0:
+        raise PromptError("the label file holds negative values; segment ids are 0 (background) and up")
     name, segment, fg_value, bg_value, known = _segment_values(label_info, selected, label)
-    values = np.unique(labelmap)
     if known:
+        top = int(labelmap.max(initial=0))
+        values = np.nonzero(np.bincount(labelmap.ravel()))[0] if top < 1 << 16 else np.unique(labelmap)
         unknown = [int(v) for v in values if v != 0 and int(v) not in known]
         if unknown:
             raise PromptError(f"the label file holds values {unknown[:10]} that 'label_info' does not name "

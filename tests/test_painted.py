@@ -85,6 +85,7 @@ def test_without_label_info_every_nonzero_voxel_is_the_structure():
     (SLICER_INFO + [{"name": "organ", "id": 5}], "organ", None, "twice"),
     (SLICER_INFO, "organ", "no organ, no foreground", "nothing painted"),
     (SLICER_INFO, "organ", "fractions", "whole-number"),
+    (SLICER_INFO, "organ", "negative", "negative values"),
 ])
 def test_unusable_labelmaps_are_refused_with_the_reason(info, selected, lm_edit, message):
     lm = slicer_labelmap().astype(np.float32)
@@ -92,6 +93,8 @@ def test_unusable_labelmaps_are_refused_with_the_reason(info, selected, lm_edit,
         lm[np.isin(lm, (1, 3))] = 0
     elif lm_edit == "fractions":
         lm[0, 0, 0] = 0.5
+    elif lm_edit == "negative":
+        lm[0, 0, 0] = -1
     with pytest.raises(PromptError, match=message.replace("[", r"\[").replace("]", r"\]")):
         labelmap_prompt(lm, info, selected)
 

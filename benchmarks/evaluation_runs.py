@@ -24,9 +24,10 @@ SETS = {  # name -> the evaluate command that writes it
 
 
 def run_on_set(work: Path, name: str, tag: str, run_args: list[str], checkpoint: str,
-               model_config: str | None = None) -> tuple[list[dict], float] | None:
+               model_config: str | None = None) -> tuple[list[dict], float, Path] | None:
     """Write set `name` under work/data (once), run the evaluation with `run_args` into
-    work/results/<set>__<tag>; the rows of its summary.json and the seconds it took (None if it failed)."""
+    work/results/<set>__<tag>; the rows of its summary.json, the seconds it took and that folder (None
+    if it failed)."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     data = work / "data" / slug
     if not data.exists():
@@ -38,7 +39,7 @@ def run_on_set(work: Path, name: str, tag: str, run_args: list[str], checkpoint:
     t0 = time.time()
     if evaluate.main(run) != 0:
         return None
-    return json.loads((out / "summary.json").read_text())["summary"], round(time.time() - t0, 1)
+    return json.loads((out / "summary.json").read_text())["summary"], round(time.time() - t0, 1), out
 
 
 def report(lines: list[list[str]], rows: list[dict], out: Path, checkpoint: str, work: Path) -> None:

@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--directions", default="independent", help="as the server's --conf directions")
     r.add_argument("--settle-slices", type=int, default=0, help="as the server's --conf settle_slices")
     r.add_argument("--precision", default="auto", help="as the server's --conf precision")
+    r.add_argument("--stop-after-empty", type=int, default=0, help="as the server's --conf stop_after_empty")
     r.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: ./evaluation)")
     r.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("make-phantoms", help="write synthetic phantoms as a datastore folder")
@@ -97,7 +98,8 @@ def run(args) -> int:
         spec = resolve_spec(args.checkpoint, args.model_config, args.image_size, args.model_dir)
         device = pick_device(args.device)
         segmenter = Segmenter(build_model(spec, device=device), intensity=args.intensity, directions=args.directions,
-                              settle_slices=args.settle_slices, precision=args.precision)
+                              settle_slices=args.settle_slices, precision=args.precision,
+                              stop_after_empty=args.stop_after_empty)
     except (CheckpointError, ValueError) as e:
         return _fail(str(e))
     structures = read_structures(args.data, json.loads(args.labels) if args.labels else None)
@@ -110,7 +112,7 @@ def run(args) -> int:
         "correction_rule": protocol.correction_rule, "scribble_points": protocol.scribble_points, "time_limit_s": protocol.time_limit_s,
         "tolerance_mm": args.tolerance_mm,
         "seed": args.seed, "intensity": args.intensity, "directions": args.directions,
-        "settle_slices": args.settle_slices, "precision": args.precision, "structures": structures,
+        "settle_slices": args.settle_slices, "precision": args.precision, "stop_after_empty": args.stop_after_empty, "structures": structures,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     t0 = time.perf_counter()

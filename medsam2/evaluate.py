@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--protocol", default="click",
                    help="first prompt: click, box, mask (the true mask on the key slice) or scribble (a stroke along "
                         "its medial axis and one around it); 'click+3' adds 3 corrections; cvpr25: the CVPR 2025 "
-                        "challenge's box on the middle slice with its slice range, then 5 clicks on the largest 3D error")
+                        "challenge's box on the middle slice with its slice range, then 5 clicks on the largest "
+                        "3D error")
     r.add_argument("--scribble-points", type=int, default=3, help="clicks taken from each scribbled stroke")
     r.add_argument("--key-slice", default="largest", choices=["largest", "end", "middle"],
                    help="prompt the largest slice, one near the structure's end (long-range propagation), or the "
@@ -85,7 +86,8 @@ def run(args) -> int:
     from .propagation import Segmenter, pick_device
 
     try:
-        protocol = Protocol.parse(args.protocol, args.corrections, args.box_jitter, args.key_slice, args.scribble_points)
+        protocol = Protocol.parse(args.protocol, args.corrections, args.box_jitter, args.key_slice,
+                                  args.scribble_points)
     except ValueError as e:
         return _fail(str(e))
     unknown = [p for p in args.policy if p not in memory_policies()]
@@ -109,10 +111,11 @@ def run(args) -> int:
         "model_config": spec.model_config, "image_size": int(segmenter.model.image_size), "device": str(device),
         "policies": settings.policies, "protocol": protocol.name, "corrections": protocol.corrections,
         "box_jitter": protocol.box_jitter, "key_slice": protocol.key_slice, "slice_range": protocol.slice_range,
-        "correction_rule": protocol.correction_rule, "scribble_points": protocol.scribble_points, "time_limit_s": protocol.time_limit_s,
-        "tolerance_mm": args.tolerance_mm,
+        "correction_rule": protocol.correction_rule, "scribble_points": protocol.scribble_points,
+        "time_limit_s": protocol.time_limit_s, "tolerance_mm": args.tolerance_mm,
         "seed": args.seed, "intensity": args.intensity, "directions": args.directions,
-        "settle_slices": args.settle_slices, "precision": args.precision, "stop_after_empty": args.stop_after_empty, "structures": structures,
+        "settle_slices": args.settle_slices, "precision": args.precision, "stop_after_empty": args.stop_after_empty,
+        "structures": structures,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     t0 = time.perf_counter()

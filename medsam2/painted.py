@@ -92,7 +92,8 @@ def stroke_points(stroke: np.ndarray, per_stroke: int = POINTS_PER_STROKE, spaci
     return points
 
 
-def _segment_values(label_info, selected: str | None, label: str | None) -> tuple[str, int, int | None, int | None, set]:
+def _segment_values(label_info, selected: str | None, label: str | None
+                    ) -> tuple[str, int, int | None, int | None, set]:
     """(name, value of the selected segment, of the foreground and background scribbles, all known values)."""
     if label_info in (None, "", []):
         return (label or "object"), -1, None, None, set()

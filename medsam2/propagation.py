@@ -200,8 +200,8 @@ class Segmenter:
     def _signature(self, obj: ObjectPrompt, memory_policy_factory) -> tuple:
         """Everything that decides an object's track: its prompts and the settings that shape propagation."""
         clicks = tuple((k, tuple(v)) for k, v in sorted(obj.clicks.items()))
-        return (clicks, obj.box, obj.roi, obj.mask_signature(), repr(memory_policy_factory), self.engine, self.directions,
-                self.stop_after_empty, self.settle_slices, self.settle_tolerance, str(self.dtype))
+        return (clicks, obj.box, obj.roi, obj.mask_signature(), repr(memory_policy_factory), self.engine,
+                self.directions, self.stop_after_empty, self.settle_slices, self.settle_tolerance, str(self.dtype))
 
     # ---------------------------------------------------------------------------------- prompting
 

@@ -42,7 +42,8 @@ const rect = viewport.canvas.getBoundingClientRect();
 return {x: x, y: y, width: rect.width, height: rect.height};"""
 
 CLICKED_VOXELS = """
-const annotations = window.cornerstoneTools.annotation.state.getAnnotationManager().saveAnnotations(null, 'ProbeMONAILabel');
+const manager = window.cornerstoneTools.annotation.state.getAnnotationManager();
+const annotations = manager.saveAnnotations(null, 'ProbeMONAILabel');
 const imageData = window.cornerstone.getRenderingEngines()[0].getViewport(arguments[0]).getImageData().imageData;
 const out = [];
 for (const uid in annotations) for (const a of annotations[uid]['ProbeMONAILabel'] || [])

@@ -228,7 +228,8 @@ def test_next_sample_in_the_panel_hands_over_the_other_study(app, studies, page)
     first, second = studies
     page.click_text("label", "Active Learning")
     page.click_text("button", "Next Sample")
-    text = page.until("""const title = [...document.querySelectorAll('*')].find(e => e.offsetParent && e.children.length === 0
+    text = page.until("""const title = [...document.querySelectorAll('*')].find(e => e.offsetParent
+        && e.children.length === 0
         && e.textContent.trim() === 'Active Learning - Next Sample');
         const dialog = title && title.closest('[role=dialog]') || (title && title.parentElement.parentElement);
         return dialog ? dialog.innerText : null;""", timeout=120)

@@ -112,7 +112,8 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         logger.info(f"Save label for {image_id}: {label_filename} ({label_tag}) {label_info}")
         check_name(label_tag, "label tag")  # a folder of the local cache
         segments = label_info.get("label_info")
-        names = (label_info.get("params") or {}).get("label_names") if isinstance(label_info.get("params"), dict) else None
+        params = label_info.get("params")
+        names = params.get("label_names") if isinstance(params, dict) else None
         if segments is None and isinstance(names, dict):  # an infer answer saved with save_label: its names
             segments = label_info["label_info"] = [{"name": n} for n, _ in sorted(names.items(), key=lambda kv: kv[1])]
         for n, segment in enumerate(segments if isinstance(segments, list) else []):

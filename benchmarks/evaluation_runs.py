@@ -23,6 +23,14 @@ SETS = {  # name -> the evaluate command that writes it
 }
 
 
+def add_common_arguments(ap, default_out: Path) -> None:
+    """The arguments these benchmarks share: the model, the work folder, the JSON written."""
+    ap.add_argument("--checkpoint", default="demo")
+    ap.add_argument("--model-config", default=None)
+    ap.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
+    ap.add_argument("--out", type=Path, default=default_out)
+
+
 def run_on_set(work: Path, name: str, tag: str, run_args: list[str], checkpoint: str,
                model_config: str | None = None) -> tuple[list[dict], float, Path] | None:
     """Write set `name` under work/data (once), run the evaluation with `run_args` into

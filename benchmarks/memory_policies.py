@@ -24,20 +24,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.evaluation_runs import SETS, report, run_on_set  # noqa: E402
+from benchmarks.evaluation_runs import SETS, add_common_arguments, report, run_on_set  # noqa: E402
 
 PROTOCOLS = {"click": ["--protocol", "click"], "click, end": ["--protocol", "click", "--key-slice", "end"]}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default="demo")
-    ap.add_argument("--model-config", default=None)
     ap.add_argument("--policies", nargs="+", default=["fifo", "self_sorting"])
     ap.add_argument("--sets", nargs="+", default=list(SETS))
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS))
-    ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "memory_policies.json")
+    add_common_arguments(ap, REPO / "bench-results" / "memory_policies.json")
     args = ap.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="memory-policies-"))
     rows = []

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.evaluation_runs import SETS, report, run_on_set  # noqa: E402
+from benchmarks.evaluation_runs import SETS, add_common_arguments, report, run_on_set  # noqa: E402
 
 PROTOCOLS = {  # name -> evaluate run arguments
     "click": ["--protocol", "click"],
@@ -41,12 +41,9 @@ DEFAULT_SETS = ["phantoms", "twins", "twins+fade+long", "mni152"]
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default="demo")
-    ap.add_argument("--model-config", default=None)
     ap.add_argument("--sets", nargs="+", default=DEFAULT_SETS, choices=list(SETS))
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "prompt_kinds.json")
+    add_common_arguments(ap, REPO / "bench-results" / "prompt_kinds.json")
     args = ap.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="prompt-kinds-"))
     rows = []

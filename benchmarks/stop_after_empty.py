@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.evaluation_runs import SETS, report, run_on_set  # noqa: E402
+from benchmarks.evaluation_runs import SETS, add_common_arguments, report, run_on_set  # noqa: E402
 
 PROTOCOLS = {"click": ["--protocol", "click"], "click, end": ["--protocol", "click", "--key-slice", "end"]}
 DEFAULT_SETS = ["phantoms", "twins+gap", "twins+gap+long", "phantom+fade", "mni152"]
@@ -40,12 +40,9 @@ def cut_short(record: dict, base: dict) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default="demo")
-    ap.add_argument("--model-config", default=None)
     ap.add_argument("--n", type=int, nargs="+", default=[0, 2, 3, 5, 8], help="values of stop_after_empty (0 first)")
     ap.add_argument("--sets", nargs="+", default=DEFAULT_SETS, choices=list(SETS))
-    ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "stop_after_empty.json")
+    add_common_arguments(ap, REPO / "bench-results" / "stop_after_empty.json")
     args = ap.parse_args(argv)
     ns = [0] + [n for n in args.n if n != 0]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="stop-after-empty-"))

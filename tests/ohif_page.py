@@ -50,6 +50,27 @@ for (const uid in annotations) for (const a of annotations[uid]['ProbeMONAILabel
   out.push(imageData.worldToIndex(a.data.handles.points[0]).map(Math.round));  // as the panel sends them
 return out;"""
 
+VOLUME_DIMENSIONS = """
+const engine = window.cornerstone.getRenderingEngines()[0];
+const viewport = engine && engine.getViewport(arguments[0]);
+const data = viewport && viewport.getImageData && viewport.getImageData();
+return data ? data.imageData.getDimensions() : null;"""
+
+ACTIVE_TOOL_IS_PROBE = """
+const group = window.cornerstoneTools.ToolGroupManager.getToolGroupForViewport(arguments[0],
+    window.cornerstone.getRenderingEngines()[0].id);
+return group && group.getActivePrimaryMouseButtonTool() === 'ProbeMONAILabel';"""
+
+CLICK_LAST_RUN = """
+const runs = [...document.querySelectorAll('.tab-content button')]
+  .filter(b => b.offsetParent && b.textContent.trim() === 'Run');
+runs[runs.length - 1].click();"""
+
+STORE_SEGMENTATION = """
+window.__stored = null;
+Promise.resolve(window.commandsManager.runCommand('storeSegmentation', {segmentationId: '1'}, 'CORNERSTONE'))
+  .then(() => { window.__stored = 'ok'; }).catch(e => { window.__stored = 'error: ' + e; });"""
+
 LABELMAP = """
 const volume = window.services.segmentationService.getLabelmapVolume(arguments[0]);
 if (!volume) return null;
@@ -118,6 +139,34 @@ class OhifPage:
 
         wait = WebDriverWait(self.driver, timeout) if timeout else self.wait
         return wait.until(lambda d: d.execute_script(script, *args))
+
+    def volume_dimensions(self, viewport: str = AXIAL) -> list[int]:
+        """The (I, J, K) size of the volume in `viewport`, once the viewer has it."""
+        return list(self.until(VOLUME_DIMENSIONS, viewport))
+
+    def connect(self) -> None:
+        """The MONAI Label panel's connect button, next to its server URL."""
+        self.driver.execute_script("document.querySelector('.settingsTable .actionButton').click()")
+
+    def choose_label(self, name: str, viewport: str = AXIAL) -> None:
+        """A label under Point Prompts; then the panel's point tool takes the left mouse button."""
+        self.click_text("tr.clickable-row td", name)
+        self.until(ACTIVE_TOOL_IS_PROBE, viewport)
+
+    def run_point_prompts(self) -> None:
+        """Point Prompts' Run button."""
+        self.driver.execute_script(CLICK_LAST_RUN)
+
+    def store_with_ohif(self, report_name: str, shot: str | None = None) -> str:
+        """OHIF's own storeSegmentation command (what its segmentation panel's Store runs), its Create
+        Report dialog filled in and saved; "ok" or the error the command ended with."""
+        self.driver.execute_script(STORE_SEGMENTATION)
+        self.until("return document.activeElement && document.activeElement.tagName === 'INPUT'")
+        if shot:
+            self.shot(shot)
+        self.driver.switch_to.active_element.send_keys(report_name)
+        self.click_text("button", "Save")
+        return self.until("return window.__stored")
 
     def click_voxel(self, i: int, j: int, k: int, viewport: str = AXIAL) -> None:
         """Scroll the viewport to slice k and click voxel (i, j) there with the mouse."""

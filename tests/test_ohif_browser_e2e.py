@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from pathlib import Path
 
 import nrrd
 import numpy as np
@@ -22,16 +21,13 @@ import requests
 
 from conftest import REPO, DEMO_CONFIG, start_server, stop_server, wait_for_task
 from medsam2.clicks import interior_point
-from ohif_page import AXIAL, OhifPage, browser_install
+from ohif_page import OhifPage, browser_install
 from test_dicomweb_e2e import (SHAPE, app_env, fetch_seg, orthanc, orthanc_install, seg_masks,  # noqa: F401
                                seg_series, store, validate, write_ct_series)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 ARTEFACTS = REPO / "test-artifacts" / "ohif"
-ACTIVE_TOOL_IS_PROBE = """const group = window.cornerstoneTools.ToolGroupManager.getToolGroupForViewport(arguments[0],
-    window.cornerstone.getRenderingEngines()[0].id);
-return group && group.getActivePrimaryMouseButtonTool() === 'ProbeMONAILabel';"""
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +83,14 @@ def test_the_study_list_shows_the_study_and_the_monai_label_mode_opens_it(app, s
     page.click_text("button", "MONAI Label")
     page.click_text("button", "Confirm and Hide")
     assert f"StudyInstanceUIDs={first.study}" in page.driver.current_url
-    dims = page.until("""const e = window.cornerstone.getRenderingEngines()[0];
-        const v = e && e.getViewport(arguments[0]); const d = v && v.getImageData && v.getImageData();
-        return d ? d.imageData.getDimensions() : null;""", AXIAL)
-    assert list(dims) == list(SHAPE)  # the CT, read through the app's /proxy/dicom
+    assert page.volume_dimensions() == list(SHAPE)  # the CT, read through the app's /proxy/dicom
     page.shot("1_mode_opened")
 
 
 def test_the_panel_connects_to_this_server_without_typing(app, page):
     field = page.driver.find_element("id", "monailabelServerURL")
     assert field.get_attribute("value") == f"{app.url}/"  # from the cookie the app set, not port 8000
-    page.driver.execute_script("document.querySelector('.settingsTable .actionButton').click()")
+    page.connect()
     page.click_text("label.tab-label", "Point Prompts")
     models = page.driver.execute_script(
         "return [...document.querySelectorAll('.tab-content select option')].map(o => o.textContent.trim())")
@@ -106,16 +99,14 @@ def test_the_panel_connects_to_this_server_without_typing(app, page):
 
 def test_a_click_with_the_point_tool_draws_the_servers_answer_on_every_slice(app, studies, page, loop, tmp_path):
     first, _ = studies
-    page.click_text("tr.clickable-row td", "organ")
-    page.until(ACTIVE_TOOL_IS_PROBE, AXIAL)  # the panel's point tool takes the left mouse button
+    page.choose_label("organ")
     i, j, k = organ_voxel(first)
     page.click_voxel(i, j, k)
     clicked = page.clicked_voxels()
     page.shot("2_clicked")
     assert clicked == [[i, j, k]]
     t0 = time.time()
-    page.driver.execute_script("""const runs = [...document.querySelectorAll('.tab-content button')]
-        .filter(b => b.offsetParent && b.textContent.trim() === 'Run'); runs[runs.length - 1].click();""")
+    page.run_point_prompts()
     shown = page.labelmap(timeout=240)
     loop["click_s"] = time.time() - t0
     page.shot("3_overlay")
@@ -157,8 +148,7 @@ def test_the_panels_save_label_option_stores_the_answer_as_a_seg_through_the_app
         return box.checked;""")
     page.shot("4_save_label_option")
     page.click_text("button", "Confirm")
-    page.driver.execute_script("""const runs = [...document.querySelectorAll('.tab-content button')]
-        .filter(b => b.offsetParent && b.textContent.trim() === 'Run'); runs[runs.length - 1].click();""")
+    page.run_point_prompts()
     seg_uid = wait_for_new_seg(orthanc, first.study, before)
     seg, path = fetch_seg(orthanc, first.study, seg_uid, tmp_path)
     validate(path)
@@ -175,14 +165,7 @@ def test_storing_the_segmentation_puts_a_dicom_seg_of_the_ct_in_the_pacs(app, or
     first, _ = studies
     page.until("return !document.querySelector('[role=dialog]')")  # the Options dialog has gone
     before = seg_series(orthanc, first.study)
-    page.driver.execute_script("""window.__stored = null;
-        Promise.resolve(window.commandsManager.runCommand('storeSegmentation', {segmentationId: '1'}, 'CORNERSTONE'))
-          .then(() => { window.__stored = 'ok'; }).catch(e => { window.__stored = 'error: ' + e; });""")
-    page.until("return document.activeElement && document.activeElement.tagName === 'INPUT'")
-    page.shot("5_store_dialog")
-    page.driver.switch_to.active_element.send_keys("MedSAM-2 organ")
-    page.click_text("button", "Save")
-    assert page.until("return window.__stored") == "ok"
+    assert page.store_with_ohif("MedSAM-2 organ", shot="5_store_dialog") == "ok"
     loop["seg_series"] = seg_uid = wait_for_new_seg(orthanc, first.study, before)
     seg, path = fetch_seg(orthanc, first.study, seg_uid, tmp_path)
     # OHIF writes its own name, 17 characters, into the file meta's 16-character Implementation Version
@@ -248,25 +231,16 @@ def test_ohifs_own_store_is_right_when_instance_numbers_run_against_z(app, ortha
         ds.save_as(str(path))
     series = store(orthanc, dataclasses.replace(descending, patient_id="MEDSAM2-DESC"))
     page.driver.get(f"{app.url}/ohif/monai-label?StudyInstanceUIDs={series.study}")
-    page.until("""const e = window.cornerstone.getRenderingEngines()[0];
-        const v = e && e.getViewport(arguments[0]); return !!(v && v.getImageData && v.getImageData());""", AXIAL)
-    page.driver.execute_script("document.querySelector('.settingsTable .actionButton').click()")
+    assert page.volume_dimensions() == list(SHAPE)
+    page.connect()
     page.click_text("label.tab-label", "Point Prompts")
-    page.click_text("tr.clickable-row td", "organ")
-    page.until(ACTIVE_TOOL_IS_PROBE, AXIAL)
+    page.choose_label("organ")
     page.click_voxel(*organ_voxel(series))
     assert page.clicked_voxels() == [organ_voxel(series)]
-    page.driver.execute_script("""const runs = [...document.querySelectorAll('.tab-content button')]
-        .filter(b => b.offsetParent && b.textContent.trim() === 'Run'); runs[runs.length - 1].click();""")
+    page.run_point_prompts()
     shown = page.labelmap(timeout=240) > 0
     before = seg_series(orthanc, series.study)
-    page.driver.execute_script("""window.__stored = null;
-        Promise.resolve(window.commandsManager.runCommand('storeSegmentation', {segmentationId: '1'}, 'CORNERSTONE'))
-          .then(() => { window.__stored = 'ok'; }).catch(e => { window.__stored = 'error: ' + e; });""")
-    page.until("return document.activeElement && document.activeElement.tagName === 'INPUT'")
-    page.driver.switch_to.active_element.send_keys("MedSAM-2 organ")
-    page.click_text("button", "Save")
-    assert page.until("return window.__stored") == "ok"
+    assert page.store_with_ohif("MedSAM-2 organ") == "ok"
     seg, _ = fetch_seg(orthanc, series.study, wait_for_new_seg(orthanc, series.study, before),
                        tmp_path_factory.mktemp("seg_descending"))
     np.testing.assert_array_equal(seg_masks(seg, series)["organ"], shown)

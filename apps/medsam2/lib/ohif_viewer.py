@@ -56,7 +56,8 @@ def install(fastapi_app) -> None:
         found = viewer_file(root, path)
         if found is None and "." in os.path.basename(path) and path.split("/")[0] in ("assets", "static"):
             raise HTTPException(status_code=404, detail=f"no such file in the viewer: {path}")
-        response = FileResponse(found or os.path.join(root, "index.html"), media_type=get_mime_type(found or "x.html"))
+        served = found or os.path.join(root, "index.html")
+        response = FileResponse(served, media_type=get_mime_type(served))
         if found is None and SERVER_COOKIE not in request.cookies:
             # percent-encoded as the panel's CookieUtils writes it (JavaScript's escape; it reads with
             # unescape): a quoted cookie value would reach the panel with its quotes

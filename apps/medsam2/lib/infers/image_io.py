@@ -36,11 +36,15 @@ def read_image(path: str, max_voxels: int = DEFAULT_MAX_VOXELS):
     return np.asarray(image.array if isinstance(image, MetaTensor) else image), {"affine": affine}
 
 
+def without_channel(array: np.ndarray) -> np.ndarray:
+    """A 3D image written with one trailing channel (I, J, K, 1) as (I, J, K); anything else as it is."""
+    return array[..., 0] if array.ndim == 4 and array.shape[-1] == 1 else array
+
+
 def load_volume(path: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[np.ndarray, dict]:
     """A 3D image -> (array (I, J, K), geometry); HTTP 422 for anything else."""
     array, header = read_image(path, max_voxels)
-    if array.ndim == 4 and array.shape[-1] == 1:
-        array = array[..., 0]
+    array = without_channel(array)
     if array.ndim != 3:
         kind = "a 2D image" if array.ndim == 2 else f"a {array.ndim}D image"
         raise HTTPException(status_code=422, detail=f"medsam2 segments 3D volumes; got {kind} of shape "
@@ -55,8 +59,7 @@ def load_labelmap(path: str, shape, affine, max_voxels: int = DEFAULT_MAX_VOXELS
         array, header = read_image(path, max_voxels)
     except HTTPException as e:
         raise HTTPException(status_code=e.status_code, detail=f"the label file: {e.detail}") from e
-    if array.ndim == 4 and array.shape[-1] == 1:
-        array = array[..., 0]
+    array = without_channel(array)
     if tuple(array.shape) != tuple(shape):
         raise HTTPException(status_code=422, detail=f"the label file has shape {list(array.shape)}, the image "
                                                     f"{list(shape)}: export the labelmap on the image's grid")

@@ -161,6 +161,8 @@ class FrameFeatures:
         """Bytes held on the compute device (what the session cache budgets)."""
         n = sum(t.numel() * t.element_size() for n, t in enumerate(self.levels or []) if n not in self.offload_levels)
         n += sum(t.numel() * t.element_size() for t in self.pos or [])
+        if self.embeddings is not None:
+            n += self.embeddings.numel() * self.embeddings.element_size()
         scaled = self.scaled  # read once: a request encoding the last slice may drop it meanwhile
         if scaled is not None:
             n += scaled.numel() * scaled.element_size()

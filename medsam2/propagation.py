@@ -62,6 +62,7 @@ class VolumeSession:
     header: object = None  # whatever the caller needs to write results (e.g. the image's geometry)
     tracks: dict[str, ObjectTrack] = field(default_factory=dict)
     paint: dict[str, object] = field(default_factory=dict)  # label -> painted.PaintHistory (painted prompts)
+    encoded_ahead: bool = False  # opened and encoded before its first click (encode_ahead.py), not yet clicked
 
     @property
     def nbytes(self) -> int:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .checkpoints import ModelSpec, build_model, resolve_spec
+from .encode_ahead import EncodeAhead
 from .propagation import Segmenter, SegmentationResult, pick_device
 from .sessions import SessionCache
 
@@ -85,16 +86,28 @@ def version_id(version: tuple) -> str:
     return hashlib.sha256(repr(version).encode()).hexdigest()[:12]
 
 
+AHEAD = "encode-ahead"  # the client part of the cache key of a session encoded ahead of its first click
+
+
+def image_of(cache_key) -> tuple:
+    """The image a session cache key names, whoever opened it: (path, mtime, intensity)."""
+    (_, path, mtime), _, intensity = cache_key
+    return (path, mtime, intensity)
+
+
 class InteractiveSegmenter:
-    def __init__(self, provider: ModelProvider, cache: SessionCache):
+    """The model and the open images of a server. A session is kept per (client, image); `encode_ahead`
+    opens and encodes an image before its first click (encode_ahead.py), and that click adopts it."""
+
+    def __init__(self, provider: ModelProvider, cache: SessionCache, encode_ahead: bool = True):
         self.provider = provider
         self.cache = cache
+        self.ahead = EncodeAhead(cache, self._is_open, enabled=encode_ahead)
 
-    def open(self, session_key, load, intensity=None):
-        """(segmenter, session, cached) for `session_key`; on a cache miss `load()` gives (volume,
-        header) and the header (geometry for writing the result) is kept with the session."""
-        segmenter, version = self.provider.get()
+    def _is_open(self, image) -> bool:
+        return any(image_of(key) == image for key in self.cache.keys())
 
+    def _opener(self, segmenter, version, load, intensity):
         def opener():
             volume, header = load()
             # a GPU encodes every slice up front in batches (or alongside propagation); a CPU when needed
@@ -102,19 +115,54 @@ class InteractiveSegmenter:
             session.header = header
             session.model_version = version_id(version)  # reported with each result
             return session
+        return opener
 
-        session, cached = self.cache.get_or_open((session_key, version, str(intensity)), opener)
+    def open(self, session_key, load, intensity=None):
+        """(segmenter, session, cached) for `session_key` = (client, image path, mtime); on a cache miss
+        the image's session encoded ahead is adopted if there is one, else `load()` gives (volume,
+        header) and the header (geometry for writing the result) is kept with the session."""
+        segmenter, version = self.provider.get()
+        key = (session_key, version, str(intensity))
+        if self.cache.get(key) is None:
+            claimed = self.ahead.claim(image_of(key), accept=lambda ahead_key: ahead_key[1] == version)
+            if claimed is not None and self.cache.rekey(claimed[1], key):
+                claimed[0].encoded_ahead = True
+        session, cached = self.cache.get_or_open(key, self._opener(segmenter, version, load, intensity))
         return segmenter, session, cached
+
+    def encode_ahead(self, user: str, name: str, locate, intensity=None):
+        """Open and encode image `name` for `user` in the background before their first click on it.
+        `locate()` -> (path, mtime_ns, load), load() -> (volume, header), all run in the worker. None
+        when nothing was started (EncodeAhead.request)."""
+        loaders = {}
+
+        def image():
+            path, mtime_ns, load = locate()
+            loaders[(path, mtime_ns)] = load
+            return (path, mtime_ns, str(intensity))
+
+        def open_ahead(image):
+            path, mtime_ns, _ = image
+            segmenter, version = self.provider.get()
+            key = ((f"{AHEAD}:{user}", path, mtime_ns), version, str(intensity))
+            return self._opener(segmenter, version, loaders[(path, mtime_ns)], intensity)(), segmenter, key
+
+        return self.ahead.request(user, name, image, open_ahead)
 
     def run(self, segmenter: Segmenter, session, objects, memory_policy_factory=None, cached: bool = False
             ) -> tuple[SegmentationResult, dict]:
         """Segment `objects` on an opened session; returns the result and engine statistics
-        (encode_s: image-encoder seconds this request paid, up front or during propagation)."""
+        (encode_s: image-encoder seconds this request paid, up front or during propagation;
+        slices_encoded_before: slices already encoded when it started, by earlier clicks or ahead)."""
         encoded_before = session.features.encode_s if cached else 0.0
+        slices_before = int(session.features.encoded.sum()) if cached else 0
+        ahead, session.encoded_ahead = session.encoded_ahead, False  # only its first click was helped by it
         result = segmenter.segment(session, objects, memory_policy_factory)
         self.cache.trim(keep=session)  # slices encoded on demand have grown the session: re-check the budget
         stats = {
             "cached_features": cached,
+            "encoded_ahead": ahead,
+            "slices_encoded_before": slices_before,
             "encode_s": round(session.features.encode_s - encoded_before, 4),
             "propagate_s": round(result.timings["propagate_s"], 4),
             "cache_entries": len(self.cache),

@@ -56,6 +56,38 @@ class SessionCache:
             self._entries.move_to_end(key)
             self._evict(keep=key)
 
+    def put_if_room(self, key: Hashable, entry) -> bool:
+        """Add `entry` only if it fits in the budget (count and bytes) without evicting anything: for
+        speculative work (encode_ahead.py), which must never push out an image somebody has open."""
+        with self._lock:
+            if key in self._entries or len(self._entries) + 1 > self.max_entries:
+                return False
+            if self._total() + getattr(entry, "nbytes", 0) > self.max_bytes:
+                return False
+            self._entries[key] = entry
+            return True
+
+    def holds(self, entry) -> bool:
+        """Whether this very entry is still cached (under any key)."""
+        with self._lock:
+            return any(e is entry for e in self._entries.values())
+
+    def discard(self, key: Hashable, entry) -> None:
+        """Remove `key` if it still holds `entry`."""
+        with self._lock:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+                self._opening.pop(key, None)
+
+    def rekey(self, old: Hashable, new: Hashable) -> bool:
+        """Move the entry under `old` to `new` (most recently used); False if `old` is gone or `new` taken."""
+        with self._lock:
+            if old not in self._entries or new in self._entries:
+                return False
+            self._entries[new] = self._entries.pop(old)
+            self._opening.pop(old, None)
+            return True
+
     def _evict(self, keep: Hashable) -> None:
         while len(self._entries) > 1 and (
             len(self._entries) > self.max_entries or self._total() > self.max_bytes

@@ -55,6 +55,23 @@ class Server:
                              files={"params": (None, body)}, timeout=300, **kw)
 
 
+    def encode_ahead_job(self, image: str, timeout: float = 120) -> tuple[str, str, int]:
+        """(user, how it ended, slices encoded) of the server's latest encode-ahead job for `image`,
+        read from its log (waiting until the job has ended)."""
+        import re
+        import time
+
+        pattern = re.compile(rf"encode ahead of {re.escape(image)} for (\S+): (\w[\w ]*) after (\d+) slices")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = pattern.findall(self.log.read_text())
+            if found:
+                user, ended, slices = found[-1]
+                return user, ended, int(slices)
+            time.sleep(0.2)
+        raise AssertionError(f"no encode-ahead job for {image} in the log:\n{self.log.read_text()[-2000:]}")
+
+
 def start_server(studies: Path, conf: dict, log: Path, env_extra: dict | None = None,
                  ready_headers: dict | None = None) -> Server:
     url, proc = launch_server(studies, conf, log, env_extra, ready_headers=ready_headers)

@@ -486,6 +486,22 @@ def test_a_series_stored_after_the_server_started_can_be_segmented(app, orthanc,
     label, header = nrrd.read(str(tmp_path / "later.nrrd"))
     assert label.shape == SHAPE
     assert_series_geometry(header)
+    # the next click on it finds its features: one series, one path (MONAI Label answered a temporary
+    # file the first time and the datastore's copy afterwards)
+    again = app.post_infer(later.series, ohif_click(later)[1], output="json")
+    assert again.status_code == 200 and again.json()["engine"]["cached_features"] is True
+
+
+def test_ohif_reading_a_series_through_the_proxy_encodes_it_before_the_first_click(app, orthanc, tmp_path):
+    series = store(orthanc, write_ct_series(tmp_path, seed=702))
+    meta = requests.get(f"{app.url}/proxy/dicom/wado/studies/{series.study}/series/{series.series}/metadata",
+                        headers={"Accept": "application/dicom+json"}, timeout=30)
+    assert meta.status_code == 200
+    # the app downloads the series from the PACS and encodes its slices, before any click
+    assert app.encode_ahead_job(series.series) == ("address:127.0.0.1", "done", SHAPE[2])
+    r = app.post_infer(series.series, ohif_click(series)[1], output="json")
+    assert r.status_code == 200, r.text
+    assert r.json()["engine"]["encoded_ahead"] is True and r.json()["latencies"]["slices_encoded_before"] == SHAPE[2]
 
 
 def test_an_empty_label_is_refused_with_a_reason(app, orthanc, ct):

@@ -19,7 +19,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import auth, dicom_proxy, dicomweb, http_errors, infer_route, ohif_viewer
+from lib import auth, dicom_proxy, dicomweb, encode_ahead, http_errors, infer_route, ohif_viewer
 from lib.datastore import CheckedLocalDatastore
 from lib.image_ids import check_image_id
 from lib.image_size import max_voxels
@@ -68,6 +68,8 @@ class MedSam2App(MONAILabelApp):
 
     def infer(self, request, datastore=None):
         check_image_id(request, datastore or self.datastore())
+        for config in self.models.values():  # a series still being downloaded ahead of this click
+            config.engine.ahead.wait_located(str(request.get("image")))
         if "save_label" in request:
             # a user who asks to save an answer means it as the image's label (MONAI Label would tag it
             # "original", which a DICOMweb datastore never stores as DICOM-SEG); "false" is not true
@@ -75,6 +77,11 @@ class MedSam2App(MONAILabelApp):
             if request["save_label"]:
                 request.setdefault("label_tag", DefaultLabelTag.FINAL)
         return super().infer(request, datastore)
+
+    def encode_ahead(self, user: str, image_id: str) -> None:
+        """A client fetched `image_id`: encode it for `user` before the first click (lib/encode_ahead.py)."""
+        for config in self.models.values():
+            config.encode_ahead(user, image_id, self.datastore())
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         trainers: Dict[str, TrainTask] = {}
@@ -105,5 +112,6 @@ class MedSam2App(MONAILabelApp):
         limits = {name: 1 for name in self._infers}  # others: one at a time, as MONAI Label runs them
         limits.update({name: config.infer_concurrency for name, config in self.models.items()})
         infer_route.install(fastapi_app, limits)
-        dicom_proxy.install(fastapi_app, self.studies)
+        dicom_proxy.install(fastapi_app, self.studies, on_get=encode_ahead.series_seen)
+        encode_ahead.install(fastapi_app)
         ohif_viewer.install(fastapi_app)

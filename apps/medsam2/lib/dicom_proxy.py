@@ -80,8 +80,10 @@ def forward(method: str, url: str, headers: dict, body: bytes | None) -> Respons
     return Response(content=r.content, status_code=r.status_code, headers=kept)
 
 
-def install(fastapi_app, studies: str) -> None:
-    """Serve `/proxy/dicom/...` here, before MONAI Label's own routes (only with a DICOMweb datastore)."""
+def install(fastapi_app, studies: str, on_get=None) -> None:
+    """Serve `/proxy/dicom/...` here, before MONAI Label's own routes (only with a DICOMweb datastore).
+    `on_get(request, user, path)` is told of each GET forwarded with an operation (OHIF opening a series
+    starts encoding it: encode_ahead.py)."""
     if not studies.startswith(("http://", "https://")) or "googleapis.com" in studies:
         return  # no PACS (a folder), or Google's Healthcare API, whose tokens MONAI Label's proxy handles
 
@@ -95,7 +97,10 @@ def install(fastapi_app, studies: str) -> None:
                              user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
         if op not in OPERATIONS:  # /proxy/dicom/<path> without an operation: the path as it is
             return await proxy(request, "", f"{op}/{path}")
-        return await proxy(request, op, path)
+        response = await proxy(request, op, path)
+        if on_get is not None and request.method == "GET" and response.status_code == 200:
+            on_get(request, user, path)
+        return response
 
     async def without_operation(request: Request, path: str,
                                 user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):

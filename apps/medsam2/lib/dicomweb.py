@@ -87,6 +87,18 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
 
     use_dcmqi = False
 
+    def get_image_uri(self, image_id: str) -> str:
+        """The series' NIfTI file in the datastore, the same path on every call. MONAI Label converts a
+        series it has just downloaded into a temporary file, answers with that file and stores a copy;
+        later calls answer with the copy. One image with two paths was two images to the session cache:
+        the click after the first one on a new series encoded it all again, and a series encoded ahead
+        of its first click was not found by it."""
+        first = super().get_image_uri(image_id)
+        path = super().get_image_uri(image_id)
+        if path != first and os.path.dirname(os.path.realpath(first)) == os.path.realpath(tempfile.gettempdir()):
+            pathlib.Path(first).unlink(missing_ok=True)
+        return path
+
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
         """Image series that a DICOM-SEG in the PACS references. MONAI Label caches this answer for
         MONAI_LABEL_DICOMWEB_CACHE_EXPIRY (two hours by default), so a SEG that OHIF stores in the PACS

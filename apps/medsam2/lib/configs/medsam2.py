@@ -10,6 +10,7 @@
 --conf device          cuda | cpu | auto                                     [auto]
 --conf cache_mb        memory budget of cached encoder features              [4096]
 --conf cache_entries   most images kept open at once                         [8]
+--conf encode_ahead    encode an image when a client fetches it, before the first click [true]
 --conf encode_batch    slices per image-encoder batch                        [8 on GPU, 1 on CPU]
 --conf precision       auto (bf16 on CUDA) | bf16 (also on CPU) | fp32        [auto]
 --conf stop_after_empty stop a direction after N empty slices (0 = never)    [0]
@@ -32,12 +33,14 @@ from functools import partial
 from monailabel.interfaces.config import TaskConfig
 
 from lib.activelearning import ConfidenceScoring, LeastConfident
+from lib.infers.image_io import image_identity, load_volume
 from lib.infers.medsam2 import MedSam2InferTask
 from lib.infers.oneprompt import OnePromptInferTask
 from lib.infers.scribbles import MedSam2ScribblesInferTask
 from lib.image_size import max_voxels
 from lib.params import DEFAULT_MAX_CLICKS, flag
 from lib.trainers.medsam2 import MedSam2Trainer
+from medsam2.frames import Intensity
 from medsam2.memory import SelfSortingPolicy
 from medsam2.tracker import DIRECTIONS
 from medsam2.oneprompt import BankStore
@@ -80,7 +83,8 @@ class MedSam2Config(TaskConfig):
         self.intensity = conf.get("intensity", "auto")
         self.limits = {"max_voxels": max_voxels(conf), "max_clicks": int(conf.get("max_clicks", DEFAULT_MAX_CLICKS))}
         self.infer_concurrency = max(1, int(conf.get("infer_concurrency", 2)))
-        self.engine = InteractiveSegmenter(self.provider, self.cache)
+        self.engine = InteractiveSegmenter(self.provider, self.cache,
+                                           encode_ahead=flag(conf.get("encode_ahead", True)))
         self.banks = BankStore(os.path.join(model_dir, "oneprompt"), capacity=capacity)
 
     def infer(self):
@@ -91,6 +95,18 @@ class MedSam2Config(TaskConfig):
                                                                 self.intensity, policies=self.policies, **self.limits),
             f"{self.name}_oneprompt": OnePromptInferTask(self.provider, self.banks, self.labels, **self.limits),
         }
+
+    def encode_ahead(self, user: str, image_id: str, datastore) -> None:
+        """Start encoding `image_id` for `user` before their first click (lib/encode_ahead.py)."""
+        max_voxels = self.limits["max_voxels"]
+
+        def locate():
+            path = datastore.get_image_uri(image_id)  # a DICOMweb series is downloaded here
+            if not path or not os.path.exists(path):
+                raise FileNotFoundError(f"image {image_id!r} is not in the datastore")
+            return (*image_identity(path), lambda: load_volume(path, max_voxels))
+
+        self.engine.encode_ahead(user, image_id, locate, Intensity.parse(self.intensity))
 
     def trainer(self):
         return MedSam2Trainer(self.provider, self.model_dir, self.name)

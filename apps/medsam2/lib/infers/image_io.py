@@ -71,6 +71,12 @@ def load_labelmap(path: str, shape, affine, max_voxels: int = DEFAULT_MAX_VOXELS
     return array
 
 
+def image_identity(path: str) -> tuple[str, int]:
+    """(real path, modification time): an image's name in the session cache, so that a file replaced
+    under the same name is opened afresh."""
+    return os.path.realpath(path), os.stat(path).st_mtime_ns
+
+
 def image_path_or_404(request) -> str:
     path = request.get("image")
     if not isinstance(path, str) or not path or not (os.path.isfile(path) or os.path.isdir(path)):

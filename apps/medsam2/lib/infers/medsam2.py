@@ -19,7 +19,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.image_size import DEFAULT_MAX_VOXELS
-from lib.infers.image_io import image_path_or_404, load_volume, result_format, write_label
+from lib.infers.image_io import image_identity, image_path_or_404, load_volume, result_format, write_label
 from lib.infers.out_of_memory import answer_out_of_memory
 from lib.params import DEFAULT_MAX_CLICKS, check_click_count, check_label_names
 
@@ -87,10 +87,10 @@ class MedSam2InferTask(InferTask):
             raise HTTPException(status_code=400, detail=f"intensity: {e}") from e
         policy = self._policy(request)
 
-        stat = os.stat(image_path)
-        session_key = (str(request.get("client_id") or "default"), os.path.realpath(image_path), stat.st_mtime_ns)
+        session_key = (str(request.get("client_id") or "default"), *image_identity(image_path))
         t_load = time.perf_counter()
-        with answer_out_of_memory("medsam2", self.engine.cache):
+        # while this runs, encoding ahead for other users waits (it would take cores from this click)
+        with answer_out_of_memory("medsam2", self.engine.cache), self.engine.ahead.inference():
             try:
                 segmenter, session, cached = self.engine.open(
                     session_key, lambda: load_volume(image_path, self.max_voxels), intensity)
@@ -126,6 +126,7 @@ class MedSam2InferTask(InferTask):
                 "post": 0,
                 "write": round(time.perf_counter() - t_write, 4),
                 "total": round(total, 4),
+                "slices_encoded_before": stats["slices_encoded_before"],
                 "transform": None,
             },
         }

@@ -24,8 +24,10 @@ from .frames import frames_from_scaled
 
 
 class FrameFeatures:
-    def __init__(self, model, scaled_volume: torch.Tensor, batch_size: int = 8, offload_levels=()):
+    def __init__(self, model, scaled_volume: torch.Tensor, batch_size: int = 8, offload_levels=(), encoder=None):
         self.model = model
+        # SAM2's forward_image, or an exported encoder's (encoder_runtime.py): the same outputs
+        self.forward_image = encoder.forward_image if encoder is not None else model.forward_image
         self.scaled = scaled_volume  # (I, J, K) in [0, 1], on the compute device
         self.device = scaled_volume.device
         self.num_frames = int(scaled_volume.shape[2])
@@ -44,7 +46,7 @@ class FrameFeatures:
 
     def _encode(self, ks: list[int]) -> None:
         frames = frames_from_scaled(self.scaled, ks, self.model.image_size)
-        out = self.model.forward_image(frames)
+        out = self.forward_image(frames)
         fpn = out["backbone_fpn"]
         if self.levels is None:
             self._allocate(fpn, out["vision_pos_enc"])

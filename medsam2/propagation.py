@@ -96,6 +96,7 @@ class Segmenter:
     stop_after_empty: stop a direction after this many consecutive slices without the object (0 = never):
     the slices beyond are left empty and never encoded, but a structure that reappears is missed.
     engine: "batched" or "plain" (module docstring).
+    encoder: an exported image encoder run by ONNX Runtime or OpenVINO (encoder_runtime.py); None: PyTorch.
     directions: "independent" (the two directions do not see each other) or "sequential" (stock SAM2).
     settle_slices: after a correction, a direction stops once this many consecutive slices come out as
     they were in the label's previous result (at most `settle_tolerance` of their pixels differing, no
@@ -112,8 +113,9 @@ class Segmenter:
                  intensity: Intensity | str | None = None, precision: str = "auto", stop_after_empty: int = 0,
                  engine: str = "batched", directions: str = "independent", settle_slices: int = 0,
                  settle_tolerance: float = 0.01, cuda_graphs: bool = False, overlap_encoding: bool = False,
-                 offload_levels=()):
+                 offload_levels=(), encoder=None):
         self.model = model.eval()
+        self.encoder = encoder  # an exported image encoder (encoder_runtime.py), or None: the model's own
         self.device = model.device
         on_gpu = self.device.type == "cuda"
         # batching the image encoder pays on a GPU; on a CPU one slice at a time is as fast and lighter
@@ -153,7 +155,7 @@ class Segmenter:
         t0 = time.perf_counter()
         rule = Intensity.parse(intensity) if intensity is not None else self.intensity
         scaled = scale_volume(volume, rule, self.device)
-        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.offload_levels)
+        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.offload_levels, self.encoder)
         if encode:
             with self.autocast():
                 features.ensure()

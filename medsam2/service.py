@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .checkpoints import ModelSpec, build_model, resolve_spec
 from .encode_ahead import EncodeAhead
+from .encoder_runtime import EncoderChoice, check_choice, choose_encoder
 from .propagation import Segmenter, SegmentationResult, pick_device
 from .sessions import SessionCache
 
@@ -29,8 +30,12 @@ class ModelProvider:
     settings (`finetuned_path`) when there is one, else from the configured checkpoint."""
 
     def __init__(self, checkpoint: str | None, model_config: str | None, image_size: int | None,
-                 model_dir: Path, device: str | None = None, intensity=None, **segmenter_options):
+                 model_dir: Path, device: str | None = None, intensity=None, encoder_runtime: str = "torch",
+                 encoder_precision: str = "auto", **segmenter_options):
+        check_choice(encoder_runtime, encoder_precision)
         self.settings = (checkpoint, model_config, image_size)
+        self.encoder_runtime = (encoder_runtime, encoder_precision)  # encoder_runtime.py
+        self.encoder: EncoderChoice | None = None  # what encodes for the loaded weights
         self.model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.intensity = intensity
@@ -73,7 +78,9 @@ class ModelProvider:
             if self._segmenter is None or version != self._version:
                 t0 = time.perf_counter()
                 model = build_model(spec, device=self.device)
-                self._segmenter = Segmenter(model, intensity=self.intensity, **self.segmenter_options)
+                self.encoder = choose_encoder(model, *self.encoder_runtime, model_dir=self.model_dir)
+                self._segmenter = Segmenter(model, intensity=self.intensity, encoder=self.encoder.encoder,
+                                            **self.segmenter_options)
                 self._version = version
                 logger.info("loaded %s (%s) on %s in %.1fs", spec.checkpoint or "random weights",
                             spec.model_config, self.device, time.perf_counter() - t0)
@@ -168,6 +175,7 @@ class InteractiveSegmenter:
             "cache_entries": len(self.cache),
             "cache_mb": round(self.cache.nbytes / 2**20, 1),
             "device": str(segmenter.device),
+            "encoder": self.provider.encoder.describe() if self.provider.encoder else "torch",
             # slices tracked, and slices answered from this label's previous result (same prompts, or settled)
             "tracked_slices": result.timings.get("slices"),
             "reused_objects": result.timings.get("reused", 0),

@@ -13,9 +13,11 @@ the other. Three waits, each from the click to the whole label:
 (b) first click on an image never opened: load, encode and propagate;
 (c) corrective click: one more background click on the same slice, the image open.
 Paths: `stock` (`SAM2VideoPredictor` on a JPEG folder, as MONAI Label's SAM 2 task feeds it; see
-benchmarks/speed.py), and the engine with its image encoder run by PyTorch fp32 (`engine`), PyTorch
-bf16 autocast (`engine-bf16`, `--conf precision bf16`: the whole model), ONNX Runtime fp32 / int8
-(`engine-ort`, `engine-ort-int8`) and OpenVINO at its default precision for this CPU (`engine-openvino`).
+benchmarks/speed.py); the engine with the server's defaults on this machine (`engine-defaults`:
+`encoder_runtime auto`, `precision auto`); and the engine in fp32 with its image encoder run by PyTorch
+(`engine`, the reference), ONNX Runtime fp32 / int8 (`engine-ort`, `engine-ort-int8`) and OpenVINO at
+its default precision for this CPU (`engine-openvino`), and all in PyTorch bf16 autocast
+(`engine-bf16`, `--conf precision bf16`: the whole model).
 Masks are compared with stock's and with the torch fp32 engine's (Dice; random weights, so only
 agreement means something). Prints a table per volume, writes JSON.
 """
@@ -38,6 +40,7 @@ from benchmarks.speed import dice, make_case
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINES = {  # path -> (encoder_runtime, encoder_precision, Segmenter precision)
+    "engine-defaults": ("auto", "auto", "auto"),  # what the server does by default on this machine
     "engine": ("torch", "auto", "fp32"),
     "engine-bf16": ("torch", "auto", "bf16"),
     "engine-ort": ("onnxruntime", "fp32", "fp32"),
@@ -96,7 +99,7 @@ def worker_engine(job: dict, path: str) -> dict:
     np.save(Path(job["workdir"]) / f"{path}_mask_corrective.npy", result2.label == 1)
     return {
         "status": "ok",
-        "encoder": "torch (bf16 autocast)" if precision == "bf16" else provider.encoder.describe(),
+        "encoder": provider.encoder.describe() + (", the rest in bf16" if segmenter.dtype is not None else ""),
         "encoder_load_s": provider.encoder.load_s,
         "model_load_s": load_s,
         "opened_s": opened_s,

@@ -90,7 +90,6 @@ class EncodeAhead:
         self._queue: list[Job] = []
         self._inferences = 0
         self._worker: threading.Thread | None = None
-        self.history: list[Job] = []  # ended jobs, newest last (bounded; for logs, stats and tests)
 
     # ----------------------------------------------------------------------------- what callers use
 
@@ -193,7 +192,6 @@ class EncodeAhead:
             job.seconds = time.perf_counter() - job.started
             job.located.set()
             job.opened.set()
-            self.history = self.history[-31:] + [job]
             self._cond.notify_all()
         logger.info("encode ahead of %s for %s: %s after %d slices in %.1fs", job.name, job.user, why, job.encoded,
                     job.seconds)

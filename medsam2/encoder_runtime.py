@@ -7,7 +7,9 @@ ONNX with PyTorch's exporter and run by:
   finest level was 34 % off on an AVX2 CPU);
 - `openvino`: reads the same ONNX file; `auto` precision is OpenVINO's own choice for the CPU (bf16 on
   CPUs with bf16 units such as AMX, f32 elsewhere), `fp32` forces f32, `bf16` asks for bf16.
-The rest of the model (prompts, memory attention, decoder, memory encoder) stays in PyTorch.
+`auto` (the server's default) times the candidates on this CPU once and serves the fastest; on a GPU
+it is PyTorch. The rest of the model (prompts, memory attention, decoder, memory encoder) stays in
+PyTorch.
 
 Exports are kept in `<model_dir>/exported/`, named by a digest of the encoder's weights and the image
 size (and the exporter's version), so a new or fine-tuned checkpoint gets its own export and an old
@@ -20,8 +22,10 @@ taken from one PyTorch pass at load, which is also the reference for that check.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import platform
 import tempfile
 import threading
 import time
@@ -33,9 +37,12 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
-SUPPORTED = {"torch": ("auto", "fp32"), "onnxruntime": ("auto", "fp32", "int8"), "openvino": ("auto", "fp32", "bf16")}
+SUPPORTED = {"auto": ("auto",), "torch": ("auto", "fp32"), "onnxruntime": ("auto", "fp32", "int8"),
+             "openvino": ("auto", "fp32", "bf16")}
+# what `auto` measures on a CPU: each is within the masks' tolerance of PyTorch fp32 (tests/test_encoder_runtime.py)
+AUTO_CANDIDATES = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "auto"))
 # the check at load catches a broken export (errors near 100 %), not rounding: relative error per level.
 # Measured on the demo model: fp32 3e-7, ORT int8 1-2 %, OpenVINO bf16 0.4-6 % (its coarsest level).
 CHECK_TOLERANCE = {"fp32": 1e-3, "int8": 0.1, "bf16": 0.15, "auto": 0.15}
@@ -171,8 +178,10 @@ def choose_encoder(model, runtime: str = "torch", precision: str = "auto", model
                    threads: int | None = None) -> EncoderChoice:
     """The encoder for `model`: PyTorch, or an exported one (built or taken from `model_dir/exported`)."""
     check_choice(runtime, precision)
-    if runtime == "torch":
+    if runtime == "torch" or (runtime == "auto" and model.device.type != "cpu"):
         return EncoderChoice("torch", "fp32", None)
+    if runtime == "auto":
+        return _measured_choice(model, Path(model_dir or tempfile.gettempdir()), threads or torch.get_num_threads())
     if model.device.type != "cpu":
         return EncoderChoice("torch", "fp32", None, fallback=f"{runtime} runs on the CPU; the model is on "
                                                             f"{model.device.type}")
@@ -186,6 +195,58 @@ def choose_encoder(model, runtime: str = "torch", precision: str = "auto", model
         return EncoderChoice("torch", "fp32", None, fallback=reason, load_s=time.perf_counter() - t0)
     choice = EncoderChoice(runtime, actual, encoder, load_s=time.perf_counter() - t0)
     logger.info("image encoder: %s, ready in %.1fs", choice.describe(), choice.load_s)
+    return choice
+
+
+def cpu_name() -> str:
+    """The CPU's model name (what a measured choice is valid for)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _measured_choice(model, model_dir: Path, threads: int) -> EncoderChoice:
+    """`encoder_runtime auto` on a CPU: the fastest of AUTO_CANDIDATES on this CPU, timed once (median of
+    3 encodes of one slice after a warm-up) for this config, size, CPU and thread count, and remembered
+    in `model_dir/exported/` (speed does not depend on the weights: fine-tuned weights reuse the choice)."""
+    size = int(model.image_size)
+    key = hashlib.sha256(repr((type(model.image_encoder.trunk).__name__, sum(p.numel() for p in model.parameters()),
+                               size, cpu_name(), threads, torch.__version__)).encode()).hexdigest()[:12]
+    record = model_dir / "exported" / f"auto-choice-{key}.json"
+    if record.exists():
+        chosen = json.loads(record.read_text())
+        choice = choose_encoder(model, *chosen["chosen"], model_dir=model_dir, threads=threads)
+        if choice.fallback is None:
+            return choice
+    frame = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ms, choices = {}, {}
+    for runtime, precision in AUTO_CANDIDATES:
+        choice = choose_encoder(model, runtime, precision, model_dir=model_dir, threads=threads)
+        if choice.fallback is not None:
+            continue
+        encode = choice.encoder.forward_image if choice.encoder is not None else model.forward_image
+        with torch.inference_mode():
+            encode(frame)
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                encode(frame)
+                times.append(time.perf_counter() - t0)
+        name = f"{runtime} ({choice.precision})"
+        ms[name] = round(1000 * sorted(times)[1], 1)
+        choices[name] = (runtime, precision, choice)
+    best = min(ms, key=ms.get)
+    runtime, precision, choice = choices[best]
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"chosen": [runtime, precision], "ms_per_slice": ms, "cpu": cpu_name(),
+                               "threads": threads, "image_size": size}, indent=2))
+    os.replace(tmp, record)
+    logger.info("encoder_runtime auto on %s, %d threads: %s (ms per slice: %s)", cpu_name(), threads, best, ms)
     return choice
 
 

@@ -111,9 +111,31 @@ def test_an_export_that_disagrees_with_pytorch_falls_back_to_pytorch_and_says_wh
     assert np.array_equal(segment(model, choice.encoder, case), reference)
 
 
+def test_auto_serves_the_fastest_runtime_timed_on_this_cpu_and_remembers_the_choice(model, trained_checkpoint, tmp_path,
+                                                                                     caplog):
+    import json
+
+    caplog.set_level(logging.INFO, logger="medsam2.encoder_runtime")
+    choice = choose_encoder(model, "auto", model_dir=tmp_path)
+    records = list((tmp_path / "exported").glob("auto-choice-*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    timed = record["ms_per_slice"]
+    assert len(timed) == 4 and choice.describe() == min(timed, key=timed.get) and choice.fallback is None
+    # a restart (and fine-tuned weights: speed does not depend on them) takes the choice without timing again
+    caplog.clear()
+    tuned = build_model(ModelSpec(DEMO_CONFIG, checkpoint=trained_checkpoint))
+    with torch.no_grad():
+        tuned.image_encoder.trunk.patch_embed.proj.weight.mul_(1.5)
+    again = choose_encoder(tuned, "auto", model_dir=tmp_path)
+    assert again.runtime == choice.runtime and "ms per slice" not in caplog.text
+
+
 def test_unknown_runtimes_and_precisions_are_refused_with_what_is_available(model):
     with pytest.raises(ValueError, match="encoder_runtime must be one of"):
         choose_encoder(model, "tensorrt", "auto")
+    with pytest.raises(ValueError, match="not available with auto"):
+        choose_encoder(model, "auto", "int8")
     with pytest.raises(ValueError, match="not available with openvino"):
         choose_encoder(model, "openvino", "int8")
 

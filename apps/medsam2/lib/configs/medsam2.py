@@ -12,8 +12,8 @@
 --conf cache_entries   most images kept open at once                         [8]
 --conf encode_ahead    encode an image when a client fetches it, before the first click [true]
 --conf encode_batch    slices per image-encoder batch                        [8 on GPU, 1 on CPU]
---conf precision       auto (bf16 on CUDA) | bf16 (also on CPU) | fp32        [auto]
---conf encoder_runtime torch | onnxruntime | openvino: who runs the image encoder on a CPU [torch]
+--conf precision       auto (bf16 on CUDA and on CPUs with AMX) | bf16 | fp32 [auto]
+--conf encoder_runtime auto (the fastest, timed once on this CPU) | torch | onnxruntime | openvino [auto]
 --conf encoder_precision auto | fp32 | int8 (onnxruntime) | bf16 (openvino)  [auto]
 --conf stop_after_empty stop a direction after N empty slices (0 = never)    [0]
 --conf directions      independent | sequential (stock SAM2's order)        [independent]
@@ -64,7 +64,7 @@ class MedSam2Config(TaskConfig):
             image_size=int(image_size) if image_size else None,
             model_dir=model_dir,
             device=conf.get("device", "auto"),
-            encoder_runtime=conf.get("encoder_runtime", "torch"),
+            encoder_runtime=conf.get("encoder_runtime", "auto"),
             encoder_precision=conf.get("encoder_precision", "auto"),
             encode_batch_size=int(conf["encode_batch"]) if conf.get("encode_batch") else None,
             precision=conf.get("precision", "auto"),

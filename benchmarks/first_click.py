@@ -50,6 +50,15 @@ ENGINES = {  # path -> (encoder_runtime, encoder_precision, Segmenter precision)
 PATHS = ("stock", *ENGINES)
 
 
+def describe(encoder, segmenter) -> str:
+    """What ran: the encoder, and bf16 autocast (which also covers a PyTorch encoder) for the rest."""
+    if segmenter.dtype is None:
+        return encoder.describe()
+    if encoder.runtime == "torch":
+        return "torch, the whole model in bf16 autocast"
+    return f"{encoder.describe()}, the rest in bf16"
+
+
 def worker_engine(job: dict, path: str) -> dict:
     """The three waits through the server's own engine object (InteractiveSegmenter)."""
     import torch
@@ -99,7 +108,7 @@ def worker_engine(job: dict, path: str) -> dict:
     np.save(Path(job["workdir"]) / f"{path}_mask_corrective.npy", result2.label == 1)
     return {
         "status": "ok",
-        "encoder": provider.encoder.describe() + (", the rest in bf16" if segmenter.dtype is not None else ""),
+        "encoder": describe(provider.encoder, segmenter),
         "encoder_load_s": provider.encoder.load_s,
         "model_load_s": load_s,
         "opened_s": opened_s,

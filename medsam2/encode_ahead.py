@@ -67,10 +67,8 @@ class Job:
     image: Hashable = None  # what locate() returned
     key: Hashable = None  # the cache key its session is stored under, until a click adopts it
     cancelled: threading.Event = field(default_factory=threading.Event)
-    located: threading.Event = field(default_factory=threading.Event)  # set when located, or ended
     opened: threading.Event = field(default_factory=threading.Event)  # set when opened, or ended
     session: object = None
-    segmenter: object = None
     adopted: bool = False
     encoded: int = 0  # slices this job encoded
     ended: str | None = None  # why the job ended: done, cancelled, budget, evicted, no room, error: ...
@@ -90,6 +88,7 @@ class EncodeAhead:
         self._queue: list[Job] = []
         self._inferences = 0
         self._worker: threading.Thread | None = None
+        self._fetch_locks: dict[str, threading.Lock] = {}  # image name -> held while it is fetched
 
     # ----------------------------------------------------------------------------- what callers use
 
@@ -131,13 +130,15 @@ class EncodeAhead:
             job.adopted = True  # from now on the session is the click's: never dropped by a cancel
             return job.session, job.key
 
-    def wait_located(self, name: str, timeout: float = 600.0) -> None:
-        """A click on image `name` first waits while a job is still fetching it (a DICOMweb series being
-        downloaded), so that the two never write the same files at once."""
+    @contextlib.contextmanager
+    def fetching(self, name: str):
+        """Held while image `name` is fetched (a DICOMweb series downloaded into the datastore): by a job
+        and by a click that fetches the image itself, so that the two never write the same files at once
+        (a click then waits for the download under way, which it needs anyway)."""
         with self._cond:
-            jobs = [j for j in self._jobs.values() if j.name == name and j.ended is None]
-        for job in jobs:
-            job.located.wait(timeout)
+            lock = self._fetch_locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
 
     @contextlib.contextmanager
     def inference(self):
@@ -190,7 +191,6 @@ class EncodeAhead:
                 return
             job.ended = why
             job.seconds = time.perf_counter() - job.started
-            job.located.set()
             job.opened.set()
             self._cond.notify_all()
         logger.info("encode ahead of %s for %s: %s after %d slices in %.1fs", job.name, job.user, why, job.encoded,
@@ -229,10 +229,8 @@ class EncodeAhead:
     def _run(self, job: Job) -> None:
         if self._paused(job):
             return self._end(job, "cancelled")
-        try:
+        with self.fetching(job.name):
             image = job.locate()
-        finally:
-            job.located.set()
         with self._cond:
             job.image = image
             if self.is_open(image):
@@ -245,7 +243,7 @@ class EncodeAhead:
             if not self.cache.put_if_room(key, session):
                 job.opened.set()
                 return self._end(job, "no room")
-            job.session, job.segmenter, job.key = session, segmenter, key
+            job.session, job.key = session, key
             job.opened.set()
         features = session.features
         needed = features_nbytes_bound(segmenter.model, features.num_frames)

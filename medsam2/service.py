@@ -181,6 +181,7 @@ class InteractiveSegmenter:
             "cache_mb": round(self.cache.nbytes / 2**20, 1),
             "device": str(segmenter.device),
             "encoder": self.provider.encoder.describe() if self.provider.encoder else "torch",
+            "precision": "bf16" if segmenter.dtype is not None else "fp32",  # of everything but an exported encoder
             # slices tracked, and slices answered from this label's previous result (same prompts, or settled)
             "tracked_slices": result.timings.get("slices"),
             "reused_objects": result.timings.get("reused", 0),

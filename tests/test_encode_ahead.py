@@ -200,11 +200,20 @@ def test_a_failed_guess_is_logged_and_leaves_nothing(provider, volumes, caplog):
 
 def test_a_click_waits_for_the_image_being_fetched_ahead(provider, volumes):
     engine = engine_with(provider)
-    job = ahead(engine, "u", "a", volumes, delay=1.0)  # a DICOMweb series being downloaded
+    fetching = threading.Event()
+
+    def locate():  # a DICOMweb series being downloaded
+        fetching.set()
+        time.sleep(1.0)
+        return ("/images/a", 1, lambda: (volumes["a"].image, {"affine": np.eye(4)}))
+    job = engine.encode_ahead("u", "a", locate)
+    assert fetching.wait(30)
     t0 = time.perf_counter()
-    engine.ahead.wait_located("a")
-    assert time.perf_counter() - t0 > 0.5 and job.image is not None
-    engine.ahead.wait_located("never-asked")  # returns at once
+    with engine.ahead.fetching("a"):  # what the app holds while a click fetches the image itself
+        assert time.perf_counter() - t0 > 0.5 and job.image is not None
+    t0 = time.perf_counter()
+    with engine.ahead.fetching("b"):  # another image: at once
+        assert time.perf_counter() - t0 < 0.1
     assert engine.ahead.wait_idle(120)
 
 

@@ -67,9 +67,11 @@ class MedSam2App(MONAILabelApp):
         return infers
 
     def infer(self, request, datastore=None):
-        check_image_id(request, datastore or self.datastore())
-        for config in self.models.values():  # a series still being downloaded ahead of this click
-            config.engine.ahead.wait_located(str(request.get("image")))
+        datastore = datastore or self.datastore()
+        check_image_id(request, datastore)
+        for config in self.models.values():  # never fetch a series while encoding ahead downloads it
+            with config.engine.ahead.fetching(str(request.get("image"))):
+                datastore.get_image_uri(request.get("image"))
         if "save_label" in request:
             # a user who asks to save an answer means it as the image's label (MONAI Label would tag it
             # "original", which a DICOMweb datastore never stores as DICOM-SEG); "false" is not true

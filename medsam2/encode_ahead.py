@@ -181,9 +181,13 @@ class EncodeAhead:
         if job in self._queue:
             self._queue.remove(job)
             self._end(job, "cancelled")
-        if not job.adopted and job.session is not None:
-            self.cache.discard(job.key, job.session)  # speculative work: free its budget for the next
+        self._drop_guess(job)  # speculative work: free its budget for the next
         self._cond.notify_all()
+
+    def _drop_guess(self, job: Job) -> None:
+        """Take the job's session out of the cache, unless a click adopted it."""
+        if job.session is not None and not job.adopted:
+            self.cache.discard(job.key, job.session)
 
     def _end(self, job: Job, why: str) -> None:
         with self._cond:  # a re-entrant lock: callers may hold it already
@@ -214,8 +218,7 @@ class EncodeAhead:
             except Exception as e:  # noqa: BLE001 (a failed prefetch must never reach a user: log it)
                 logger.warning("encode ahead for %s failed: %s: %s", job.user, type(e).__name__, e)
                 with self._cond:
-                    if job.session is not None and not job.adopted:
-                        self.cache.discard(job.key, job.session)
+                    self._drop_guess(job)
                     self._end(job, f"error: {type(e).__name__}")
 
     def _paused(self, job: Job) -> bool:
@@ -236,17 +239,19 @@ class EncodeAhead:
             if self.is_open(image):
                 return self._end(job, "open")
         session, segmenter, key = job.open(image)
+        features = session.features
         with self._cond:
             if job.cancelled.is_set():
-                job.opened.set()
                 return self._end(job, "cancelled")
             if not self.cache.put_if_room(key, session):
-                job.opened.set()
                 return self._end(job, "no room")
+            # the first slice allocates the features of every slice (features.py): all must fit
+            if features.levels is None and self.cache.nbytes + features_nbytes_bound(
+                    segmenter.model, features.num_frames) > self.cache.max_bytes:
+                self.cache.discard(key, session)
+                return self._end(job, "budget")
             job.session, job.key = session, key
             job.opened.set()
-        features = session.features
-        needed = features_nbytes_bound(segmenter.model, features.num_frames)
         step = max(1, segmenter.encode_batch_size)
         todo = [k for k in centre_out(features.num_frames) if not features.encoded[k]]
         for start in range(0, len(todo), step):
@@ -255,14 +260,8 @@ class EncodeAhead:
             chunk = [k for k in todo[start : start + step] if not features.encoded[k]]
             if not chunk:
                 continue
-            with self._cond:
-                if not self.cache.holds(session):
-                    return self._end(job, "evicted")
-                # the first slice allocates the features of every slice (features.py): all must fit
-                if features.levels is None and self.cache.nbytes + needed > self.cache.max_bytes:
-                    if not job.adopted:
-                        self.cache.discard(job.key, session)
-                    return self._end(job, "budget")
+            if not self.cache.holds(session):
+                return self._end(job, "evicted")
             with segmenter.autocast():
                 features.ensure(chunk)
             job.encoded += len(chunk)

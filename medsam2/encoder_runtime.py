@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .propagation import cpu_info
+
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
@@ -127,7 +129,7 @@ class ExportedEncoder:
         return {"backbone_fpn": fpn, "vision_pos_enc": [p.expand(len(array), -1, -1, -1) for p in self.pos]}
 
 
-def _onnxruntime(path: Path, threads: int):
+def _onnxruntime(path: Path, threads: int, precision: str):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -135,7 +137,7 @@ def _onnxruntime(path: Path, threads: int):
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x}), "fp32" if "int8" not in path.name else "int8"
+    return lambda x: session.run(None, {name: x}), "int8" if precision == "int8" else "fp32"
 
 
 def _openvino(path: Path, threads: int, precision: str, cache_dir: Path):
@@ -200,13 +202,7 @@ def choose_encoder(model, runtime: str = "torch", precision: str = "auto", model
 
 def cpu_name() -> str:
     """The CPU's model name (what a measured choice is valid for)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 def _measured_choice(model, model_dir: Path, threads: int) -> EncoderChoice:
@@ -265,7 +261,7 @@ def _exported(model, runtime: str, precision: str, model_dir: Path, threads: int
         if not path.exists():
             quantize_int8(fp32, path)
     if runtime == "onnxruntime":
-        run, actual = _onnxruntime(path, threads)
+        run, actual = _onnxruntime(path, threads, precision)
     else:
         # one cache folder per precision: OpenVINO's blob cache answered an f32 request with a bf16 blob
         run, actual = _openvino(path, threads, precision, folder / "openvino-cache" / precision)

@@ -40,15 +40,21 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=None)
+def cpu_info(field: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo ("model name", "flags"); "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.split(":", 1)[0].strip() == field), "")
+    except OSError:
+        return ""
+    return line.split(":", 1)[1].strip() if ":" in line else ""
+
+
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether the CPU has AMX bf16 tiles, where bf16 autocast runs the whole model about twice as fast
     as fp32 (docs/speed.md); without them bf16 on a CPU is emulated or barely faster."""
-    try:
-        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "amx_bf16" in flags.split()
+    return "amx_bf16" in cpu_info("flags").split()
 
 
 @dataclass

@@ -93,11 +93,13 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         later calls answer with the copy. One image with two paths was two images to the session cache:
         the click after the first one on a new series encoded it all again, and a series encoded ahead
         of its first click was not found by it."""
-        first = super().get_image_uri(image_id)
         path = super().get_image_uri(image_id)
-        if path != first and os.path.dirname(os.path.realpath(first)) == os.path.realpath(tempfile.gettempdir()):
-            pathlib.Path(first).unlink(missing_ok=True)
-        return path
+        if os.path.dirname(os.path.realpath(path)) != os.path.realpath(tempfile.gettempdir()):
+            return path
+        stored = super().get_image_uri(image_id)  # the copy, now that it is in the datastore
+        if stored != path:
+            pathlib.Path(path).unlink(missing_ok=True)
+        return stored
 
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
         """Image series that a DICOM-SEG in the PACS references. MONAI Label caches this answer for

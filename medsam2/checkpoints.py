@@ -3,8 +3,12 @@
 `--conf checkpoint` names a manifest entry (model/manifest.json) or a file; an entry without a `url`
 is shipped in the repository (the small demo model under model/demo/, its sha256 in the manifest); `--conf model_config`
 names a SAM2 config shipped with the `sam2` package (e.g. "sam2.1_hiera_t"), one of this project's
-configs (medsam2/configs/*.yaml, e.g. "sam2.1_hiera_micro") or a .yaml path. Checkpoints are only ever
-read with `torch.load(weights_only=True)`: a checkpoint is data, never code.
+configs (medsam2/configs/*.yaml, e.g. "sam2.1_hiera_micro") or a .yaml path; without one, a file's
+config is found from its own tensors (architecture.py), and a config that contradicts the file is
+refused before anything is built, with what the file holds. A manifest entry also declares how its
+checkpoint's pipeline prepared inputs (`preprocess`, frames.Preprocess) and post-processed masks
+(`postprocess`, postprocess.Postprocess). Checkpoints are only ever read with
+`torch.load(weights_only=True)`: a checkpoint is data, never code.
 """
 
 from __future__ import annotations
@@ -16,21 +20,35 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from . import architecture
+from .frames import Preprocess
+from .postprocess import Postprocess
+
 logger = logging.getLogger(__name__)
 
 PROJECT_CONFIGS = Path(__file__).parent / "configs"
 PREDICTOR_TARGET = "medsam2.predictor.VolumePredictor"
+# A SAM 2 file that declares nothing was made, as far as anyone can tell, the way Meta's SAM 2 reads
+# frames (sam2/utils/misc.py, _load_img_as_tensor: a uint8 image, PIL's default resize, /255,
+# ImageNet mean/std) and post-processes masks (build_sam2_video_predictor: fill_hole_area 8).
+SAM2_PREPROCESS = Preprocess(uint8=True, resize="pil_bicubic",
+                             reference="facebookresearch/sam2 sam2/utils/misc.py (_load_img_as_tensor)")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be had or used; the message says what to do."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable file that the configured architecture cannot hold: a setting to fix, not a file to
+    wait for (the server refuses to start with it)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,8 @@ class ModelSpec:
     model_config: str
     image_size: int | None = None
     checkpoint: Path | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)  # how the checkpoint's pipeline made inputs
+    postprocess: Postprocess = field(default_factory=Postprocess)  # what it did to masks afterwards
 
 
 def load_manifest(model_dir: Path) -> dict:
@@ -72,8 +92,10 @@ def _verify(path: Path, expected: str | None) -> None:
         )
 
 
-def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
-    """Download `url` to `dest` with a progress bar; the file appears only once complete and verified."""
+def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True,
+             reported: str | None = None) -> Path:
+    """Download `url` to `dest` with a progress bar; the file appears only once complete and verified.
+    `reported`: a digest others published for the file, unverified here: a difference is logged only."""
     from tqdm import tqdm
 
     dest = Path(dest)
@@ -91,6 +113,9 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         if sha256 and digest != sha256:
             raise CheckpointError(f"downloaded {url} but its sha256 is {digest}, expected {sha256}; nothing was kept")
         os.replace(tmp, dest)
+        if not sha256 and reported and digest != reported:
+            logger.warning("%s has sha256 %s, not the %s others report for it: it may be another release",
+                           dest.name, digest, reported)
         if not sha256:
             dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
             logger.warning("%s has no sha256 in the manifest; recorded %s for later checks", dest.name, digest)
@@ -108,15 +133,18 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
 def resolve_spec(
     checkpoint: str | None, model_config: str | None, image_size: int | None, model_dir: Path, fetch: bool = True
 ) -> ModelSpec:
-    """Turn the user's settings into a ModelSpec, downloading a manifest checkpoint on first use."""
+    """Turn the user's settings into a ModelSpec, downloading a manifest checkpoint on first use (with
+    `fetch` False, a manifest checkpoint not downloaded yet raises CheckpointError). A file with no
+    config named gets the config its tensors match; a file that contradicts its config is refused."""
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
-    ckpt_path = None
+    ckpt_path, preprocess, postprocess, meta = None, Preprocess(), Postprocess(), {}
     if checkpoint and checkpoint.lower() not in ("none", "random"):
         entry = manifest.get(checkpoint)
         if entry is not None:
             model_config = model_config or entry["model_config"]
             image_size = image_size or entry.get("image_size")
+            preprocess, postprocess = _declared(entry, f"manifest entry {checkpoint!r}")
             ckpt_path = model_dir / entry["file"]
             if not ckpt_path.exists() and not entry.get("url"):
                 raise CheckpointError(
@@ -125,7 +153,7 @@ def resolve_spec(
             if not ckpt_path.exists():
                 if not fetch:
                     raise CheckpointError(f"checkpoint {checkpoint!r} is not downloaded yet ({ckpt_path})")
-                download(entry["url"], ckpt_path, entry.get("sha256"))
+                download(entry["url"], ckpt_path, entry.get("sha256"), reported=entry.get("sha256_reported"))
             _verify(ckpt_path, entry.get("sha256"))
         else:
             p = Path(checkpoint).expanduser()
@@ -133,9 +161,68 @@ def resolve_spec(
             if not ckpt_path.exists():
                 known = ", ".join(sorted(manifest)) or "(none)"
                 raise CheckpointError(f"checkpoint {checkpoint!r} is neither a file nor a manifest name ({known})")
+            meta = read_checkpoint(ckpt_path)[1]
+            # this project's trainer records what the file needs; any other SAM 2 file gets SAM 2's pipeline
+            preprocess, postprocess = _declared(
+                {"preprocess": meta.get("preprocess", SAM2_PREPROCESS), "postprocess": meta.get("postprocess")},
+                f"checkpoint {ckpt_path}")
+            image_size = image_size or meta.get("image_size")
+        if model_config is None:
+            model_config = config_of_file(ckpt_path)
+            logger.info("checkpoint %s: config %s found from its tensors", ckpt_path, model_config)
     if not model_config:
         raise CheckpointError("no model_config given: pass --conf model_config <sam2 config name or .yaml path>")
-    return ModelSpec(model_config=model_config, image_size=int(image_size) if image_size else None, checkpoint=ckpt_path)
+    spec = ModelSpec(model_config=model_config, image_size=int(image_size) if image_size else None,
+                     checkpoint=ckpt_path, preprocess=preprocess, postprocess=postprocess)
+    if ckpt_path is not None:
+        check_fits(spec)
+    return spec
+
+
+def _declared(entry: dict, where: str) -> tuple[Preprocess, Postprocess]:
+    try:
+        return Preprocess.parse(entry.get("preprocess")), Postprocess.parse(entry.get("postprocess"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from e
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(state dict, meta) of a checkpoint file, memory-mapped, weights only (CheckpointError if unreadable)."""
+    try:
+        return architecture.read_state_dict(Path(path))
+    except Exception as e:  # pickle errors, truncated zip, non-tensor objects
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. "
+                              "It is corrupt, truncated, or not a weights-only PyTorch checkpoint.") from e
+
+
+def config_of_file(path: Path) -> str:
+    """The config that builds the architecture `path`'s tensors hold (CheckpointError if none does)."""
+    try:
+        arch = architecture.of_state_dict(read_checkpoint(path)[0])
+    except ValueError as e:
+        raise CheckpointMismatch(f"checkpoint {path} is not a SAM 2 checkpoint: {e}") from e
+    names = architecture.configs_for(arch)
+    if not names:
+        raise CheckpointMismatch(f"checkpoint {path} holds a {arch.describe()}, which none of the known configs "
+                              f"builds ({', '.join(architecture.known_configs())}): pass --conf model_config "
+                              "with a .yaml that does")
+    return names[0]
+
+
+def check_fits(spec: ModelSpec) -> None:
+    """Refuse a config that builds another architecture than the checkpoint holds, naming both (at
+    start-up, before a model is built; the strict load in load_weights checks every tensor later)."""
+    state = read_checkpoint(spec.checkpoint)[0]
+    try:
+        held = architecture.of_state_dict(state)
+    except ValueError as e:
+        raise CheckpointMismatch(f"checkpoint {spec.checkpoint} is not a SAM 2 checkpoint: {e}") from e
+    built = architecture.of_config(load_model_config(spec.model_config).model)
+    if held != built:
+        fits = architecture.configs_for(held)
+        hint = f"use --conf model_config {fits[0]}" if fits else "pass --conf model_config with a .yaml that builds it"
+        raise CheckpointMismatch(f"checkpoint {spec.checkpoint} holds a {held.describe()}, but model_config "
+                              f"{spec.model_config} builds a {built.describe()}: {hint}")
 
 
 def _sam2_config_path(name: str) -> Path | None:
@@ -188,8 +275,8 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu", for_trainin
     for part in ("self_attention", "cross_attention"):
         if "feat_sizes" in attn[part]:
             attn[part].feat_sizes = [size // 16, size // 16]
-    # The same post-processing settings as sam2's build_sam2_video_predictor (hole filling left off:
-    # it needs sam2's optional CUDA extension).
+    # The same settings as sam2's build_sam2_video_predictor; its hole filling (fill_hole_area) needs
+    # sam2's optional CUDA extension, so the engine fills holes itself (postprocess.py, spec.postprocess).
     OmegaConf.update(model_cfg, "sam_mask_decoder_extra_args", {
         "dynamic_multimask_via_stability": True,
         "dynamic_multimask_stability_delta": 0.05,
@@ -200,6 +287,7 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu", for_trainin
     model = instantiate(model_cfg, _recursive_=True)
     if spec.checkpoint is not None:
         load_weights(model, spec.checkpoint)
+    model.preprocess, model.postprocess = spec.preprocess, spec.postprocess  # the pipeline its weights expect
     model = model.to(device)
     model.train(for_training)
     return model
@@ -220,10 +308,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
     if missing or unexpected or mismatched:
+        try:
+            held = f"it holds a {architecture.of_state_dict(state).describe()}"
+        except ValueError as e:
+            held = f"it is not a SAM 2 checkpoint ({e})"
         raise CheckpointError(
             f"checkpoint {path} does not fit the model config ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} mis-shaped tensors, e.g. {(missing + unexpected + mismatched)[:3]}); "
-            "check --conf model_config and --conf image_size"
+            f"{len(mismatched)} mis-shaped tensors, e.g. {(missing + unexpected + mismatched)[:3]}); {held}: "
+            "check --conf model_config, or leave it out to use the config the file's tensors match"
         )
     model.load_state_dict(state)
 
@@ -247,6 +339,10 @@ def atomic_torch_save(obj, path: Path) -> Path:
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict | None = None) -> Path:
-    """Write `{"model": state_dict, "meta": ...}` atomically (see atomic_torch_save)."""
+    """Write `{"model": state_dict, "meta": ...}` atomically (see atomic_torch_save). The meta records
+    the image size and the pipeline the weights expect, so the file alone serves right."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_torch_save({"model": state, "meta": meta or {}}, path)
+    meta = {"image_size": int(model.image_size),
+            "preprocess": getattr(model, "preprocess", Preprocess()).as_dict(),
+            "postprocess": getattr(model, "postprocess", Postprocess()).as_dict(), **(meta or {})}
+    return atomic_torch_save({"model": state, "meta": meta}, path)

@@ -44,9 +44,13 @@ class FrameFeatures:
 
     # ------------------------------------------------------------------------------------ encoding
 
+    def frames(self, ks: list[int]) -> torch.Tensor:
+        """The image encoder's input for slices `ks`: made as the checkpoint's own pipeline made its
+        inputs (`model.preprocess`, frames.py)."""
+        return frames_from_scaled(self.scaled, ks, self.model.image_size, preprocess=self.model.preprocess)
+
     def _encode(self, ks: list[int]) -> None:
-        frames = frames_from_scaled(self.scaled, ks, self.model.image_size)
-        out = self.forward_image(frames)
+        out = self.forward_image(self.frames(ks))
         fpn = out["backbone_fpn"]
         if self.levels is None:
             self._allocate(fpn, out["vision_pos_enc"])

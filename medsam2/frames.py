@@ -4,6 +4,12 @@ SAM2 expects RGB frames in [0, 1], resized to a square `image_size` and normalis
 statistics. Stock SAM2 (and MONAI Label's built-in task) gets there by writing JPEGs and reading them
 back; here the volume goes straight from the array to a tensor, on the GPU when there is one.
 
+Two settings decide the frames: `Intensity` (which window or percentiles map voxel values to grey
+levels: a choice of the user, per request) and `Preprocess` (how the checkpoint's own pipeline made
+its inputs from those grey levels: whole grey levels or floats, PIL's bicubic filter or bilinear, and
+where percentiles are taken; declared per checkpoint in model/manifest.json, because a model only
+sees well what it was trained on).
+
 Axis convention used everywhere in the engine: the volume is indexed (I, J, K) as MONAI/ITK/nibabel
 load it and as both clients send clicks; frame k is `volume[:, :, k].T`, i.e. rows are J and columns
 are I, so a click (i, j, k) is the point x=i, y=j on frame k. Slicer's roi [i0,i1,j0,j1,k0,k1] is then
@@ -18,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+from monai.transforms import ScaleIntensityRange
+from monai.transforms.utils_pytorch_numpy_unification import percentile
 
 # CT windows as (level, width) in Hounsfield units.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -32,6 +39,50 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_FILTERS = ("bilinear", "pil_bicubic")
+PERCENTILES_OF = ("volume", "nonzero")
+NORMALIZATIONS = ("imagenet", "none")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a checkpoint's own training/inference pipeline made its input frames (manifest `preprocess`).
+
+    The default is what this project's trainer feeds (float grey levels, bilinear resize, percentiles
+    of the whole volume): the demo model's pipeline. The public checkpoints' pipelines differ; each
+    manifest entry names the code its steps follow (`reference`).
+    """
+
+    percentiles_of: str = "volume"  # "nonzero": percentiles of voxels > 0 only; zero background stays 0
+    stretch: bool = False  # after clipping to the window, min-max of the clipped volume to [0, 1]
+    uint8: bool = False  # truncated to whole grey levels 0-255 (np.uint8) before resizing, like a JPEG
+    resize: str = "bilinear"  # or "pil_bicubic": PIL's default filter on uint8 (rounded after each pass)
+    normalize: str = "imagenet"  # "imagenet" mean/std, or "none" ([0, 1])
+    reference: str = ""  # the code these steps follow: repository and file
+
+    def __post_init__(self):
+        for name, value, allowed in (("percentiles_of", self.percentiles_of, PERCENTILES_OF),
+                                     ("resize", self.resize, RESIZE_FILTERS),
+                                     ("normalize", self.normalize, NORMALIZATIONS)):
+            if value not in allowed:
+                raise ValueError(f"preprocess {name} {value!r}: use one of {allowed}")
+        if self.resize == "pil_bicubic" and not self.uint8:
+            raise ValueError("preprocess resize pil_bicubic works on whole grey levels: set uint8 true")
+
+    @classmethod
+    def parse(cls, spec) -> "Preprocess":
+        """From a manifest entry's `preprocess` object (None: the default)."""
+        if spec is None or isinstance(spec, Preprocess):
+            return spec or cls()
+        if not isinstance(spec, dict):
+            raise ValueError(f"preprocess must be an object, got {spec!r}")
+        unknown = set(spec) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown preprocess fields {sorted(unknown)}: use {sorted(cls.__dataclass_fields__)}")
+        return cls(**spec)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -81,40 +132,77 @@ class Intensity:
         looks_like_hu = float(volume.min()) <= -500.0 and float(volume.max()) >= 0.0
         return Intensity(mode="ct", window=self.window) if looks_like_hu else Intensity(mode="percentile")
 
-    def scale(self, volume: torch.Tensor) -> torch.Tensor:
-        """Map voxel values to [0, 1] with MONAI's intensity transforms."""
+    def bounds(self, volume: torch.Tensor, preprocess: Preprocess = Preprocess()) -> tuple[float, float]:
+        """The voxel values mapped to 0 and 1: the CT window, or the percentiles (of the nonzero voxels
+        where the checkpoint's pipeline takes them there), narrowed to the volume's own range when the
+        pipeline stretches the clipped volume (clip, then min-max)."""
         rule = self.resolve(volume)
         if rule.mode == "ct":
             level, width = rule.window
-            t = ScaleIntensityRange(a_min=level - width / 2, a_max=level + width / 2, b_min=0.0, b_max=1.0, clip=True)
+            lo, hi = level - width / 2, level + width / 2
         else:
-            lo, hi = rule.percentiles
-            t = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
-        out = t(volume)
+            values = volume[volume > 0] if preprocess.percentiles_of == "nonzero" else volume
+            if values.numel() == 0:
+                values = volume
+            lo, hi = (float(percentile(values, q)) for q in rule.percentiles)  # MONAI's, as its transforms
+        if preprocess.stretch:
+            lo, hi = max(lo, float(volume.min())), min(hi, float(volume.max()))
+        return lo, hi
+
+    def scale(self, volume: torch.Tensor, preprocess: Preprocess = Preprocess()) -> torch.Tensor:
+        """Map voxel values to [0, 1] (MONAI's ScaleIntensityRange between `bounds`), then to whole grey
+        levels where the checkpoint's pipeline has them."""
+        lo, hi = self.bounds(volume, preprocess)
+        out = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(volume)
         # MONAI returns a MetaTensor: every later torch op on it (the whole image encoder, training's
         # track steps) would go through its Python-level __torch_function__. Keep a plain tensor.
-        return torch.as_tensor(out, dtype=torch.float32).as_subclass(torch.Tensor)
+        out = torch.as_tensor(out, dtype=torch.float32).as_subclass(torch.Tensor)
+        if preprocess.percentiles_of == "nonzero" and self.resolve(volume).mode == "percentile":
+            out = torch.where(volume == 0, torch.zeros_like(out), out)  # the background stays black
+        if preprocess.uint8:
+            out = torch.floor(out * 255.0) / 255.0  # np.uint8 truncates
+        return out
 
 
-def scale_volume(volume, intensity: Intensity | str | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+def scale_volume(volume, intensity: Intensity | str | None = None, device: torch.device | str = "cpu",
+                 preprocess: Preprocess = Preprocess()) -> torch.Tensor:
     """(I, J, K) volume -> (I, J, K) float32 in [0, 1] on `device` (the whole volume, so percentiles are global)."""
     vol = volume if torch.is_tensor(volume) else torch.as_tensor(np.asarray(volume))
     if vol.ndim != 3:
         raise ValueError(f"expected a 3D volume (I, J, K), got shape {tuple(vol.shape)}")
-    return Intensity.parse(intensity).scale(vol.to(device=device, dtype=torch.float32))
+    return Intensity.parse(intensity).scale(vol.to(device=device, dtype=torch.float32), preprocess)
 
 
-def frames_from_scaled(scaled: torch.Tensor, ks, image_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Frames `ks` of a scaled (I, J, K) volume -> (len(ks), 3, image_size, image_size), ImageNet-normalised."""
+def _pil_bicubic(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """PIL's `Image.resize` with its default (bicubic, antialiased) filter on uint8 frames in [0, 1]:
+    horizontal pass, then vertical, each rounded to a whole grey level as PIL stores it (within one
+    grey level of PIL; tests/test_preprocess.py)."""
+    x = frames * 255.0
+    x = F.interpolate(x, size=(x.shape[-2], size), mode="bicubic", antialias=True, align_corners=False)
+    x = F.interpolate(x.round().clamp(0, 255), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255) / 255.0
+
+
+def frames_from_scaled(scaled: torch.Tensor, ks, image_size: int, dtype: torch.dtype = torch.float32,
+                       preprocess: Preprocess = Preprocess()) -> torch.Tensor:
+    """Frames `ks` of a scaled (I, J, K) volume -> (len(ks), 3, image_size, image_size), resized and
+    normalised as the checkpoint's pipeline does (`preprocess`)."""
     slab = scaled[:, :, ks]
     frames = slab.permute(2, 1, 0).unsqueeze(1)  # (k, 1, J, I): rows J, columns I
-    frames = F.interpolate(frames, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 3, 1, 1)
-    return ((frames.expand(-1, 3, -1, -1) - mean) / std).to(dtype).contiguous()
+    if preprocess.resize == "pil_bicubic":
+        frames = _pil_bicubic(frames, image_size)
+    else:
+        frames = F.interpolate(frames, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    frames = frames.expand(-1, 3, -1, -1)
+    if preprocess.normalize == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 3, 1, 1)
+        frames = (frames - mean) / std
+    return frames.to(dtype).contiguous()
 
 
-def volume_to_frames(volume, image_size: int, intensity=None, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """(I, J, K) volume -> (K, 3, image_size, image_size) normalised frames on `device`."""
-    scaled = scale_volume(volume, intensity, device)
-    return frames_from_scaled(scaled, slice(None), image_size, dtype)
+def volume_to_frames(volume, image_size: int, intensity=None, device="cpu", dtype=torch.float32,
+                     preprocess: Preprocess = Preprocess()) -> torch.Tensor:
+    """(I, J, K) volume -> (K, 3, image_size, image_size) model input frames on `device`."""
+    scaled = scale_volume(volume, intensity, device, preprocess)
+    return frames_from_scaled(scaled, slice(None), image_size, dtype, preprocess)

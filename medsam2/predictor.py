@@ -23,7 +23,9 @@ from collections import OrderedDict
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from .features import FrameFeatures
+from .frames import Preprocess
 from .memory import frame_confidence
+from .postprocess import Postprocess
 
 _captured = threading.local()  # decoder outputs of the frame just processed, per thread
 _corrections = threading.local()  # .as_cond: corrections become conditioning slices (this thread)
@@ -47,6 +49,11 @@ def last_decoder_outputs():
 
 class VolumePredictor(SAM2VideoPredictor):
     """SAM2VideoPredictor over precomputed per-slice features (see module docstring)."""
+
+    # What the weights expect around them, as `image_size` is: set from the checkpoint by
+    # checkpoints.build_model (manifest `preprocess` / `postprocess`); these defaults are the project's own.
+    preprocess: Preprocess = Preprocess()
+    postprocess: Postprocess = Postprocess()
 
     @property
     def add_all_frames_to_correct_as_cond(self) -> bool:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .features import FrameFeatures
 from .frames import Intensity, scale_volume
+from .postprocess import fill_holes, largest_component
 from .predictor import VolumePredictor, corrections_as_conditioning
 from .prompts import ObjectPrompt
 from .track_step import GraphedSteps, SliceStep
@@ -173,7 +174,7 @@ class Segmenter:
             encode = self.device.type == "cuda" and not self.overlap_encoding
         t0 = time.perf_counter()
         rule = Intensity.parse(intensity) if intensity is not None else self.intensity
-        scaled = scale_volume(volume, rule, self.device)
+        scaled = scale_volume(volume, rule, self.device, self.model.preprocess)
         features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.offload_levels, self.encoder)
         if encode:
             with self.autocast():
@@ -183,8 +184,10 @@ class Segmenter:
 
     @torch.inference_mode()
     def segment(self, session: VolumeSession, objects: list[ObjectPrompt],
-                memory_policy_factory=None) -> SegmentationResult:
-        """Prompt and propagate every object; returns the label volume in (I, J, K) order.
+                memory_policy_factory=None, largest_component: bool | None = None) -> SegmentationResult:
+        """Prompt and propagate every object; returns the label volume in (I, J, K) order, post-processed
+        as the checkpoint's reference does (`model.postprocess`: holes filled; with `largest_component`,
+        None: the checkpoint's default, only each object's largest 3D component kept).
 
         An object prompted exactly as last time on this session is not tracked again. timings:
         prompted_s (until the prompted slices' masks exist, the GPU synchronised), propagate_s (the
@@ -215,7 +218,10 @@ class Segmenter:
         for n in todo:  # reused objects keep the track they were answered from
             session.tracks[objects[n].label] = ObjectTrack(signatures[n], *per_object[n], exact=exact[n])
         per_object = [per_object[n] for n in range(len(objects))]
-        label, results = self._assemble(session, objects, per_object, [exact[n] for n in range(len(objects))])
+        if largest_component is None:
+            largest_component = self.model.postprocess.largest_component
+        label, results = self._assemble(session, objects, per_object, [exact[n] for n in range(len(objects))],
+                                        largest_component)
         return SegmentationResult(label=label, objects=results,
                                   timings={"prompted_s": prompted_s, "propagate_s": time.perf_counter() - t0, **counts})
 
@@ -370,12 +376,15 @@ class Segmenter:
 
     # ---------------------------------------------------------------------------------- the label
 
-    def _assemble(self, session: VolumeSession, objects, per_object, exact, chunk: int = 32):
-        """Low-resolution logits -> the label at the image's size: upsampled as SAM2 does, bounded
-        by a 3D roi, overlapping objects resolved by the larger logit; in chunks of slices. `exact`
-        holds each object's painted slices, which come back exactly as prompted (SAM2 keeps a mask
-        prompt only at its low resolution)."""
+    def _assemble(self, session: VolumeSession, objects, per_object, exact, keep_largest: bool = False,
+                  chunk: int = 32):
+        """Low-resolution logits -> the label at the image's size: small holes filled and upsampled
+        as SAM2 does, bounded by a 3D roi, overlapping objects resolved by the larger logit; in chunks
+        of slices. `exact` holds each object's painted slices, which come back exactly as prompted
+        (SAM2 keeps a mask prompt only at its low resolution), also when only the largest component
+        of each object is kept (`keep_largest`)."""
         I, J, K = session.shape
+        fill_area = int(self.model.postprocess.fill_hole_area)
         dtype = torch.uint8 if max(o.value for o in objects) < 256 else torch.int32
         label = torch.zeros((K, J, I), dtype=dtype, device=self.device)
         present = torch.zeros((len(objects), K), dtype=torch.bool, device=self.device)
@@ -383,7 +392,8 @@ class Segmenter:
             b = min(K, a + chunk)
             best = None
             for n, (obj, (lowres, _, _)) in enumerate(zip(objects, per_object)):
-                logits = F.interpolate(lowres[a:b], size=(J, I), mode="bilinear", align_corners=False)[:, 0]
+                logits = F.interpolate(fill_holes(lowres[a:b], fill_area), size=(J, I), mode="bilinear",
+                                       align_corners=False)[:, 0]
                 if obj.roi is not None and obj.roi[5] > obj.roi[4]:
                     i0, i1, j0, j1, k0, k1 = obj.roi  # a 3D roi bounds the structure
                     keep = torch.zeros_like(logits, dtype=torch.bool)
@@ -403,7 +413,23 @@ class Segmenter:
                         label[k][label[k] == obj.value] = 0
                         label[k][painted] = obj.value
                 present[n, a:b] = mask.flatten(1).any(dim=1)
+        if keep_largest:
+            label = self._keep_largest(label, objects, exact, present)
         present = present.cpu().numpy()
         results = [ObjectResult(obj.label, obj.value, np.nonzero(present[n])[0].tolist(), scores, ious)
                    for n, (obj, (_, scores, ious)) in enumerate(zip(objects, per_object))]
         return label.permute(2, 1, 0).cpu().numpy(), results
+
+    @staticmethod
+    def _keep_largest(label: torch.Tensor, objects, exact, present: torch.Tensor) -> torch.Tensor:
+        """Each object's largest 3D component of the (K, J, I) label (MedSAM2's post-processing), its
+        painted slices put back exactly as painted; `present` updated."""
+        out = label.cpu().numpy()
+        for n, obj in enumerate(objects):
+            mask = out == obj.value
+            out[mask & ~largest_component(mask)] = 0
+            for k, painted in exact[n].items():
+                out[k][out[k] == obj.value] = 0
+                out[k][painted] = obj.value
+            present[n] = torch.from_numpy((out == obj.value).reshape(out.shape[0], -1).any(axis=1))
+        return torch.from_numpy(out).to(label.device)

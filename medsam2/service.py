@@ -9,6 +9,7 @@ while the same model version serves the same image.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -16,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .checkpoints import ModelSpec, build_model, resolve_spec
+from .checkpoints import CheckpointError, CheckpointMismatch, ModelSpec, build_model, resolve_spec
 from .encode_ahead import EncodeAhead
 from .encoder_runtime import EncoderChoice, check_choice, choose_encoder
 from .propagation import Segmenter, SegmentationResult, cpu_has_bf16_matrix_units, pick_device
@@ -62,10 +63,22 @@ class ModelProvider:
             self._base = resolve_spec(*self.settings, model_dir=self.model_dir)
         return self._base
 
+    def check_at_startup(self) -> None:
+        """Raise CheckpointMismatch now, not on the first click, when the configured checkpoint is there
+        but the configured architecture cannot hold it (the file's tensors are read, nothing is built).
+        A checkpoint not downloaded yet, or unreadable (perhaps being copied into place), is only
+        logged: the first click fetches it or says what is wrong (HTTP 503)."""
+        try:
+            self._base = resolve_spec(*self.settings, model_dir=self.model_dir, fetch=False)
+        except CheckpointMismatch:
+            raise
+        except CheckpointError as e:
+            logger.warning("checkpoint not ready at start-up (the first click will retry): %s", e)
+
     def current_spec(self) -> ModelSpec:
         base = self.base_spec()
         if self.finetuned_path.exists():
-            return ModelSpec(base.model_config, base.image_size, self.finetuned_path)
+            return dataclasses.replace(base, checkpoint=self.finetuned_path)
         return base
 
     @staticmethod
@@ -161,15 +174,15 @@ class InteractiveSegmenter:
 
         return self.ahead.request(user, name, image, open_ahead)
 
-    def run(self, segmenter: Segmenter, session, objects, memory_policy_factory=None, cached: bool = False
-            ) -> tuple[SegmentationResult, dict]:
+    def run(self, segmenter: Segmenter, session, objects, memory_policy_factory=None, cached: bool = False,
+            largest_component: bool | None = None) -> tuple[SegmentationResult, dict]:
         """Segment `objects` on an opened session; returns the result and engine statistics
         (encode_s: image-encoder seconds this request paid, up front or during propagation;
         slices_encoded_before: slices already encoded when it started, by earlier clicks or ahead)."""
         encoded_before = session.features.encode_s if cached else 0.0
         slices_before = int(session.features.encoded.sum()) if cached else 0
         ahead, session.encoded_ahead = session.encoded_ahead, False  # only its first click was helped by it
-        result = segmenter.segment(session, objects, memory_policy_factory)
+        result = segmenter.segment(session, objects, memory_policy_factory, largest_component)
         self.cache.trim(keep=session)  # slices encoded on demand have grown the session: re-check the budget
         stats = {
             "cached_features": cached,
@@ -187,5 +200,8 @@ class InteractiveSegmenter:
             "reused_objects": result.timings.get("reused", 0),
             "settled_slices": result.timings.get("settled", 0),
             "model_version": getattr(session, "model_version", None),
+            "postprocess": {"fill_hole_area": segmenter.model.postprocess.fill_hole_area,
+                            "largest_component": segmenter.model.postprocess.largest_component
+                            if largest_component is None else largest_component},
         }
         return result, stats

@@ -115,3 +115,77 @@ def test_saved_checkpoints_round_trip(tmp_path):
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
     assert torch.load(path, weights_only=True)["meta"]["steps"] == 3
+
+
+# ---------------------------------------------------------------- the public releases, in their own layouts
+
+from release_layouts import RELEASES, write_release  # noqa: E402
+
+
+def manifest_with(tmp_path, name: str, **changes) -> dict:
+    """`name`'s manifest entry (changed by `changes`) in a model folder of its own under tmp_path."""
+    entry = {**load_manifest(REPO / "model")[name], **changes}
+    (tmp_path / "manifest.json").write_text(json.dumps({name: entry}))
+    return entry
+
+
+@pytest.mark.parametrize("name", sorted(RELEASES))
+def test_every_release_loads_strictly_through_its_manifest_entry_from_a_file_in_its_published_layout(tmp_path, name):
+    from medsam2 import architecture
+
+    config, dtype = RELEASES[name]
+    entry = manifest_with(tmp_path, name)
+    path = write_release(tmp_path / entry["file"], config, dtype)
+    spec = resolve_spec(name, None, None, tmp_path, fetch=False)
+    model = build_model(spec)  # strict: every key and shape of the release fits the entry's config
+    stored = torch.load(path, weights_only=True)["model"]
+    assert all(torch.equal(v.float(), stored[k].float()) for k, v in model.state_dict().items())
+    assert spec.image_size == entry["image_size"] and model.image_size == entry["image_size"]
+    held = architecture.of_state_dict(stored).describe()
+    assert held.startswith("SAM 2.0 Hiera-Tiny" if name == "medsam2_zhu" else "SAM 2.1 Hiera-")
+
+
+def test_a_release_of_another_architecture_is_refused_naming_what_the_file_holds(tmp_path):
+    from medsam2.checkpoints import CheckpointMismatch
+
+    entry = manifest_with(tmp_path, "medsam2_zhu")
+    write_release(tmp_path / entry["file"], *RELEASES["sam2.1_hiera_small"])
+    with pytest.raises(CheckpointMismatch) as e:
+        resolve_spec("medsam2_zhu", None, None, tmp_path, fetch=False)
+    message = str(e.value)
+    assert "holds a SAM 2.1 Hiera-Small (width 96, stages 1-2-11-2)" in message
+    assert "sam2_hiera_t builds a SAM 2.0 Hiera-Tiny" in message and "--conf model_config sam2.1_hiera_s" in message
+
+
+@pytest.mark.parametrize("name", sorted(RELEASES))
+def test_a_release_file_given_as_a_path_is_served_with_the_config_its_tensors_match(tmp_path, name):
+    config, dtype = RELEASES[name]
+    path = write_release(tmp_path / "any_name.pt", config, dtype)
+    spec = resolve_spec(str(path), None, None, tmp_path)
+    assert spec.model_config == Path(config).stem
+    assert spec.preprocess.resize == "pil_bicubic" and spec.postprocess.fill_hole_area == 8  # SAM 2's pipeline
+    build_model(spec)
+
+
+def test_this_projects_checkpoints_name_their_config_size_and_pipeline_in_the_file(tmp_path):
+    from medsam2.frames import Preprocess
+    from medsam2.postprocess import Postprocess
+
+    spec = ModelSpec("sam2.1_hiera_nano", 96, None, Preprocess(percentiles_of="nonzero"), Postprocess(0, True))
+    path = save_checkpoint(build_model(spec), tmp_path / "fine_tuned.pt")
+    again = resolve_spec(str(path), None, None, tmp_path)
+    assert (again.model_config, again.image_size) == ("sam2.1_hiera_nano", 96)
+    assert again.preprocess == spec.preprocess and again.postprocess == spec.postprocess
+
+
+def test_a_file_no_known_config_builds_is_refused_with_its_architecture(tmp_path):
+    from medsam2.checkpoints import CheckpointMismatch
+
+    state = torch.load(write_release(tmp_path / "t.pt", *RELEASES["sam2.1_hiera_tiny"]), weights_only=True)["model"]
+    state = {k: v for k, v in state.items() if ".blocks.11." not in k}  # a Hiera with one block fewer
+    torch.save({"model": state}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointMismatch, match=r"holds a SAM 2.1 Hiera \(width 96, stages 1-2-7-1\), which none"):
+        resolve_spec(str(tmp_path / "odd.pt"), None, None, tmp_path)
+    with pytest.raises(CheckpointMismatch, match="not a SAM 2 checkpoint"):
+        torch.save({"model": {"weight": torch.zeros(3)}}, tmp_path / "other.pt")
+        resolve_spec(str(tmp_path / "other.pt"), None, None, tmp_path)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..frames import Intensity, frames_from_scaled, scale_volume
+from ..frames import Intensity, Preprocess, frames_from_scaled, scale_volume
 
 
 @dataclass
@@ -32,12 +32,12 @@ class Clip:
 class LabelledVolume:
     """One (image, label) pair kept scaled to [0, 1] in (I, J, K), ready to cut frames from."""
 
-    def __init__(self, image: np.ndarray, label: np.ndarray, intensity=None):
+    def __init__(self, image: np.ndarray, label: np.ndarray, intensity=None, preprocess: Preprocess = Preprocess()):
         if image.ndim == 2:
             image, label = image[..., None], label[..., None]
         if image.shape != label.shape:
             raise ValueError(f"image {image.shape} and label {label.shape} differ in shape")
-        self.scaled = scale_volume(image, Intensity.parse(intensity))
+        self.scaled = scale_volume(image, Intensity.parse(intensity), preprocess=preprocess)
         self.label = np.asarray(label).astype(np.int64)
         self.values = [int(v) for v in np.unique(self.label) if v != 0]
         # per value, the slices where it is visible
@@ -51,23 +51,28 @@ class LabelledVolume:
 
 class ClipSampler:
     def __init__(self, volumes: list[LabelledVolume], image_size: int, clip_len: int = 8, max_objects: int = 3,
-                 seed: int = 0, p_exit: float = 0.5):
+                 seed: int = 0, p_exit: float = 0.5, preprocess: Preprocess = Preprocess()):
         self.volumes = [v for v in volumes if v.values]
         if not self.volumes:
             raise ValueError("no labelled structure in the training volumes")
         self.image_size = image_size
+        self.preprocess = preprocess  # the checkpoint's own pipeline, as the engine feeds it (frames.py)
         self.clip_len = max(1, int(clip_len))
         self.max_objects = max(1, int(max_objects))
         self.p_exit = p_exit
         self.rng = np.random.default_rng(seed)
 
     def clip_slices(self, n_slices: int, start: int, reverse: bool) -> list[int]:
-        """`clip_len` consecutive slices from `start`, turned around at the volume's end if needed."""
+        """`clip_len` consecutive slices from `start`, turned around at the volume's end if needed, and
+        started nearer that end when there is room neither way (a short volume)."""
         length = min(self.clip_len, n_slices)
         step = -1 if reverse else 1
         end = start + step * (length - 1)
         if end < 0 or end >= n_slices:  # not enough room that way: go the other way
             step = -step
+            end = start + step * (length - 1)
+        if end < 0 or end >= n_slices:  # nor that way: start as far from the end it runs to as fits
+            start = n_slices - length if step == 1 else length - 1
         return [start + step * t for t in range(length)]
 
     def sample(self) -> Clip:
@@ -87,7 +92,7 @@ class ClipSampler:
         others = [v for v in vol.values if v != first and vol.present[v].size and np.isin(start, vol.present[v])]
         self.rng.shuffle(others)
         values = [first] + others[: self.max_objects - 1]
-        frames = frames_from_scaled(vol.scaled, slices, self.image_size)
+        frames = frames_from_scaled(vol.scaled, slices, self.image_size, preprocess=self.preprocess)
         lab = torch.from_numpy(vol.label[:, :, slices]).permute(2, 1, 0)  # (L, J, I)
         masks = torch.stack([(lab == v) for v in values], dim=1).float()  # (L, N, J, I)
         masks = F.interpolate(masks, size=(self.image_size, self.image_size), mode="nearest") > 0.5

@@ -23,6 +23,8 @@ import torch
 
 from ..checkpoints import ModelSpec, build_model, save_checkpoint
 from ..clicks import interior_point, largest_slice
+from ..frames import Preprocess
+from ..postprocess import Postprocess
 from ..propagation import Segmenter, pick_device
 from ..prompts import ObjectPrompt
 from .clips import ClipSampler, LabelledVolume
@@ -36,6 +38,8 @@ class TrainConfig:
     out_checkpoint: Path
     init_checkpoint: Path | None = None
     image_size: int | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)  # the checkpoint's input pipeline (frames.py)
+    postprocess: Postprocess = field(default_factory=Postprocess)  # kept in the published file's meta
     max_steps: int = 200
     max_minutes: float | None = None
     lr: float | None = None  # default: 3e-4 from scratch, 5e-5 when fine-tuning
@@ -157,7 +161,7 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
-    spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint)
+    spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint, cfg.preprocess, cfg.postprocess)
     model = build_model(spec, device=device, for_training=True)
     encoder_trains = configure_trainable(model, cfg.train_modules, cfg.init_checkpoint is not None)
     objective = ClipObjective(model, cfg.weights, cfg.prompts, train_image_encoder=encoder_trains)
@@ -169,9 +173,9 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, cfg.memory_lr_scale))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
-    volumes = [LabelledVolume(img, lab, cfg.intensity) for img, lab in train_pairs]
+    volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
-                          p_exit=cfg.p_exit)
+                          p_exit=cfg.p_exit, preprocess=model.preprocess)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

@@ -24,6 +24,19 @@ def flag(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes")
 
 
+def optional_flag(value, name: str) -> bool | None:
+    """None for auto (or nothing), True/False for true/false, 1/0, yes/no; else HTTP 400: an option that
+    changes the answer is never guessed."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "auto"):
+        return None
+    if text in ("1", "true", "yes", "0", "false", "no"):
+        return text in ("1", "true", "yes")
+    raise HTTPException(status_code=400, detail=f"'{name}' must be true, false or auto, got {value!r}")
+
+
 def has_control_characters(value: str) -> bool:
     """Control characters or lone surrogates: nothing a name shown to users or stored on disk may hold."""
     return any(unicodedata.category(c) in ("Cc", "Cs") for c in value)

@@ -74,6 +74,7 @@ class MedSam2Config(TaskConfig):
             cuda_graphs=flag(conf.get("cuda_graphs", False)),
             overlap_encoding=flag(conf.get("overlap_encoding", False)),
         )
+        self.provider.check_at_startup()  # a config that contradicts the checkpoint file stops the server here
         self.cache = SessionCache(max_bytes=int(conf.get("cache_mb", 4096)) << 20,
                                   max_entries=int(conf.get("cache_entries", 8)))
         self.labels = json.loads(conf["labels"]) if conf.get("labels") else dict(DEFAULT_LABELS)

@@ -21,7 +21,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from lib.image_size import DEFAULT_MAX_VOXELS
 from lib.infers.image_io import image_identity, image_path_or_404, load_volume, result_format, write_label
 from lib.infers.out_of_memory import answer_out_of_memory
-from lib.params import DEFAULT_MAX_CLICKS, check_click_count, check_label_names
+from lib.params import DEFAULT_MAX_CLICKS, check_click_count, check_label_names, optional_flag
 
 from medsam2.checkpoints import CheckpointError
 from medsam2.frames import Intensity
@@ -43,7 +43,9 @@ class MedSam2InferTask(InferTask):
             description=description or "MedSAM-2: click or box on one slice, propagated through the volume",
             # save_label: store each answer as the image's label (OHIF's panel shows it under Options; its
             # MONAI Label mode has no other way to save a label: docs/deployment.md, "OHIF")
-            config={"memory_policy": memory_policy, "intensity": intensity, "reset_state": False, "save_label": False},
+            # largest_component: keep each structure's largest 3D piece (auto: as the checkpoint's reference does)
+            config={"memory_policy": memory_policy, "intensity": intensity, "reset_state": False, "save_label": False,
+                    "largest_component": "auto"},
         )
         self.engine = engine
         self.label_values = dict(labels)
@@ -86,6 +88,8 @@ class MedSam2InferTask(InferTask):
         except (TypeError, ValueError) as e:
             raise HTTPException(status_code=400, detail=f"intensity: {e}") from e
         policy = self._policy(request)
+        largest = optional_flag(request.get("largest_component", self._config["largest_component"]),
+                                "largest_component")
 
         session_key = (str(request.get("client_id") or "default"), *image_identity(image_path))
         t_load = time.perf_counter()
@@ -100,7 +104,7 @@ class MedSam2InferTask(InferTask):
                 objects = self.objects(request, session)
             except PromptError as e:
                 raise HTTPException(status_code=422, detail=str(e)) from e
-            result, stats = self.engine.run(segmenter, session, objects, policy, cached)
+            result, stats = self.engine.run(segmenter, session, objects, policy, cached, largest_component=largest)
             self.answered(request, session, objects, result)
         t_write = time.perf_counter()
         dtype_max = np.iinfo(dtype).max if dtype != "float32" else None

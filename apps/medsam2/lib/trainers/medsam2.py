@@ -121,6 +121,8 @@ class MedSam2Trainer(TrainTask):
             model_config=current.model_config,
             image_size=current.image_size,
             init_checkpoint=current.checkpoint,
+            preprocess=current.preprocess,
+            postprocess=current.postprocess,
             out_checkpoint=self.provider.finetuned_path,
             max_steps=int(request.get("max_steps", 300)),
             max_minutes=float(request["max_minutes"]) if float(request.get("max_minutes") or 0) > 0 else None,

@@ -5,6 +5,10 @@
                         lesion) and a pair of identical-looking twins that only memory tells apart
   demo-model OUT.pt     train the demo model (model/demo/, sam2.1_hiera_nano) from scratch on generated
                         phantoms, as shipped (CPU, about an hour; see docs/demo-model.md)
+  challenge-predict --inputs DIR --outputs DIR --checkpoint NAME
+                        what a CVPR 2025 interactive 3D challenge submission's predict.sh does: every
+                        inputs/*.npz (imgs, spacing, boxes, clicks) -> outputs/<same name> with segs
+                        (medsam2/challenge.py)
 """
 
 import argparse
@@ -29,6 +33,13 @@ def main(argv=None) -> int:
     d.add_argument("--prompt-steps", type=int, default=None, help="stage 1 steps (default: the recipe's)")
     d.add_argument("--track-steps", type=int, default=None, help="stage 2 steps (default: the recipe's)")
     d.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("challenge-predict")
+    c.add_argument("--inputs", type=Path, required=True)
+    c.add_argument("--outputs", type=Path, required=True)
+    c.add_argument("--checkpoint", required=True, help="manifest name or .pt path")
+    c.add_argument("--model-config", default=None)
+    c.add_argument("--model-dir", type=Path, default=MODEL_DIR)
+    c.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
 
     if args.cmd == "fetch":
@@ -40,6 +51,19 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"ready: {spec.checkpoint} ({spec.model_config}, {spec.image_size} px)")
+    elif args.cmd == "challenge-predict":
+        from .challenge import ChallengePredictor, predict_folder
+        from .checkpoints import CheckpointError, build_model, resolve_spec
+        from .propagation import Segmenter, pick_device
+
+        try:
+            spec = resolve_spec(args.checkpoint, args.model_config, None, args.model_dir)
+            segmenter = Segmenter(build_model(spec, device=pick_device(args.device)))
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        written = predict_folder(ChallengePredictor(segmenter), args.inputs, args.outputs)
+        print(f"{len(written)} predictions in {args.outputs}")
     elif args.cmd == "sample":
         from .memory_phantoms import make_twins
         from .phantoms import SAMPLE_SHAPE, make_phantom, save_nifti

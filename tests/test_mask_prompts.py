@@ -113,3 +113,47 @@ def test_scribbles_inside_one_twin_and_over_the_other_follow_the_scribbled_twin(
     pred = segmenter.segment(segmenter.open(case.image), [obj]).label == 1
     assert dice(pred, mine) > 0.9
     assert (pred & other).sum() < 0.05 * other.sum()
+
+
+def test_the_largest_component_option_keeps_one_twin_and_the_painted_slice_as_painted(segmenter):
+    """MedSAM2's post-processing: both twins painted as one structure are followed as two pieces; with
+    `largest_component` only the larger is kept, except on the painted slice, which stays as painted."""
+    from scipy import ndimage
+
+    twins = make_twins(seed=TWINS_SEED)
+    both = twins.label > 0
+    k = middle_slice(both)
+    session = segmenter.open(twins.image)
+    prompt = ObjectPrompt("both", 1, masks={k: both[:, :, k].T.copy()})
+    pieces = {}
+    for keep in (False, True):
+        pred = segmenter.segment(session, [prompt], largest_component=keep).label == 1
+        np.testing.assert_array_equal(pred[:, :, k], both[:, :, k])
+        outside = np.delete(pred, k, axis=2)
+        pieces[keep] = ndimage.label(outside, structure=np.ones((3, 3, 3)))[1]
+        covered = [float((pred & (twins.label == v)).sum() / (twins.label == v).sum()) for v in (1, 2)]
+        print(f"largest_component {keep}: twins covered {covered}")
+    assert pieces[False] >= 2 and pieces[True] == 1
+
+
+def test_holes_are_filled_by_the_checkpoints_rule(segmenter, sample):
+    """The wiring of SAM 2's hole filling: with an area larger than any slice every background region
+    is a 'hole', so every tracked slice comes back all foreground; with 0 nothing is filled."""
+    from dataclasses import replace
+
+    organ = sample.label == 1
+    k = middle_slice(organ)
+    x, y = interior_point(organ[:, :, k].T)
+    prompt = ObjectPrompt("organ", 1, clicks={k: [(x + 0.5, y + 0.5, 1)]})
+    session = segmenter.open(sample.image)
+    model = segmenter.model
+    saved = model.postprocess
+    try:
+        model.postprocess = replace(saved, fill_hole_area=10**9)
+        everything = segmenter.segment(session, [prompt]).label == 1
+        model.postprocess = replace(saved, fill_hole_area=0)
+        session.tracks.clear()
+        plain = segmenter.segment(session, [prompt]).label == 1
+    finally:
+        model.postprocess = saved
+    assert everything.all() and 0 < plain.mean() < 0.5

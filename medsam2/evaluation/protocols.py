@@ -13,12 +13,9 @@ then up to `corrections` corrective clicks, each in the largest error region of 
 a false-positive one, at that region's most interior pixel. Every prompt is replayed and the volume
 re-propagated after each click, as the server does for each request.
 
-`cvpr25` is the protocol of the CVPR 2025 challenge on interactive 3D segmentation (how interactive 3D
-models are compared today): a box on the structure's middle slice together with its slice range
-(the result is bounded to those slices), then 5 corrective clicks, each at the centre (largest
-distance-transform value) of the largest 3D connected error component, missed or false positive,
-re-running after each; a structure whose 6 inferences take more than 90 s in total scores 0
-(report.py applies that rule and counts such structures).
+The CVPR 2025 challenge's protocol prompts all structures of a case together and scores them as one
+case: it has a loop of its own (cvpr25.py). Its corrective click is available here per structure as
+`correction_rule="largest_component"` (the centre of the largest 26-connected error component).
 
 Placement uses medsam2.clicks (shared with training) and depends only on the masks; the seed drives
 the one random part (box jitter), so the same seed gives the same clicks and, the engine being
@@ -54,7 +51,7 @@ class Protocol:
     slice_range: bool = False  # the box also gives the structure's first and last slice (bounds the result)
     correction_rule: str = "worst_slice"  # or "largest_component": centre of the largest 3D error component
     time_limit_s: float | None = None  # a structure whose inferences take longer in total scores 0
-    label: str | None = None  # a name of its own (cvpr25)
+    label: str | None = None  # a name of its own
     scribble_points: int = POINTS_PER_STROKE  # clicks taken from each scribbled stroke
 
     def __post_init__(self):
@@ -68,22 +65,17 @@ class Protocol:
             raise ValueError("corrections must be >= 0")
 
     @classmethod
-    def cvpr25(cls) -> "Protocol":
-        """The CVPR 2025 interactive 3D segmentation challenge's protocol (module docstring)."""
-        return cls("box", 5, 0.0, "middle", slice_range=True, correction_rule="largest_component",
-                   time_limit_s=90.0, label="cvpr25")
-
-    @classmethod
     def parse(cls, spec: str, corrections: int | None = None, box_jitter: float = 0.0,
               key_slice: str = "largest", scribble_points: int = POINTS_PER_STROKE) -> "Protocol":
         """"click", "box", "mask", "scribble", with corrections "click+3" (an explicit `corrections`
-        wins), or "cvpr25"."""
+        wins). ("cvpr25" is the challenge's own loop: cvpr25.py.)"""
         if str(spec).strip().lower() == "cvpr25":
-            return cls.cvpr25()
+            raise ValueError("cvpr25 runs the challenge's own loop over whole cases (medsam2.evaluation.cvpr25), "
+                             "not a per-structure protocol")
         m = re.fullmatch(r"\s*(box|click|mask|scribble)\s*(?:\+\s*(\d+))?\s*", str(spec).lower())
         if not m:
             raise ValueError(f"unknown protocol {spec!r}: use box, click, mask or scribble, each with +N "
-                             "corrections, or cvpr25")
+                             "corrections")
         n = corrections if corrections is not None else int(m.group(2) or 0)
         return cls(m.group(1), int(n), float(box_jitter), key_slice, scribble_points=int(scribble_points))
 
@@ -177,23 +169,16 @@ def worst_slice(pred: np.ndarray, truth: np.ndarray) -> int | None:
 
 
 def component_correction(pred: np.ndarray, truth: np.ndarray) -> Interaction | None:
-    """A click at the centre of the largest 3D connected error component (missed: foreground,
-    false positive: background): the voxel farthest from the component's border, in voxels, lowest
-    index on ties. None when the prediction is exact."""
-    best = None
-    for region, positive in ((truth & ~pred, True), (pred & ~truth, False)):
-        labels, n = ndimage.label(region)
-        if n == 0:
-            continue
-        sizes = np.bincount(labels.ravel())[1:]
-        c = int(np.argmax(sizes))
-        if best is None or sizes[c] > best[0]:
-            best = (int(sizes[c]), labels == c + 1, positive)
-    if best is None:
+    """The CVPR 2025 challenge's click on an (I, J, K) structure (cvpr25.next_click): at the centre of
+    the largest 26-connected error component (missed and extra voxels together), foreground where
+    the truth is. None when the prediction is exact."""
+    from .cvpr25 import next_click
+
+    click = next_click(np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool))
+    if click is None:
         return None
-    dist = ndimage.distance_transform_edt(np.pad(best[1], 1))[1:-1, 1:-1, 1:-1]
-    i, j, k = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return Interaction("fg" if best[2] else "bg", int(k), i=float(i), j=float(j))
+    i, j, k = click.zyx  # the engine's (I, J, K) arrays are indexed like any other: (i, j, k)
+    return Interaction(click.kind, int(k), i=float(i), j=float(j))
 
 
 def correction(pred: np.ndarray, truth: np.ndarray, rule: str = "worst_slice") -> Interaction | None:

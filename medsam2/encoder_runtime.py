@@ -7,8 +7,9 @@ ONNX with PyTorch's exporter and run by:
   finest level was 34 % off on an AVX2 CPU);
 - `openvino`: reads the same ONNX file; `auto` precision is OpenVINO's own choice for the CPU (bf16 on
   CPUs with bf16 units such as AMX, f32 elsewhere), `fp32` forces f32, `bf16` asks for bf16.
-`auto` (the server's default) times the candidates on this CPU once and serves the fastest; on a GPU
-it is PyTorch. The rest of the model (prompts, memory attention, decoder, memory encoder) stays in
+`auto` (the server's default) times the candidates on this CPU once per machine and serves the fastest
+exact (fp32) one, a reduced precision (int8, bf16) only when it is clearly faster (machine_choice.py:
+the masks must not change with a timing race or a restart); on a GPU it is PyTorch. The rest of the model (prompts, memory attention, decoder, memory encoder) stays in
 PyTorch.
 
 Exports are kept in `<model_dir>/exported/`, named by a digest of the encoder's weights and the image
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .propagation import cpu_info
+from .machine_choice import REDUCED_MARGIN, cpu_info, decide, machine_key, pick
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ PRECISIONS = ("auto", "fp32", "int8", "bf16")
 SUPPORTED = {"auto": ("auto",), "torch": ("auto", "fp32"), "onnxruntime": ("auto", "fp32", "int8"),
              "openvino": ("auto", "fp32", "bf16")}
 # what `auto` measures on a CPU: each is within the masks' tolerance of PyTorch fp32 (tests/test_encoder_runtime.py)
-AUTO_CANDIDATES = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "auto"))
+# exact ones (fp32) first; a reduced one (int8, OpenVINO's bf16) is chosen only by a clear margin (machine_choice.py)
+AUTO_CANDIDATES = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"),
+                   ("openvino", "bf16"))
 # the check at load catches a broken export (errors near 100 %), not rounding: relative error per level.
 # Measured on the demo model: fp32 3e-7, ORT int8 1-2 %, OpenVINO bf16 0.4-6 % (its coarsest level).
 CHECK_TOLERANCE = {"fp32": 1e-3, "int8": 0.1, "bf16": 0.15, "auto": 0.15}
@@ -206,43 +209,52 @@ def cpu_name() -> str:
 
 
 def _measured_choice(model, model_dir: Path, threads: int) -> EncoderChoice:
-    """`encoder_runtime auto` on a CPU: the fastest of AUTO_CANDIDATES on this CPU, timed once (median of
-    3 encodes of one slice after a warm-up) for this config, size, CPU and thread count, and remembered
-    in `model_dir/exported/` (speed does not depend on the weights: fine-tuned weights reuse the choice)."""
+    """`encoder_runtime auto` on a CPU: the fastest of AUTO_CANDIDATES (median of 3 encodes of one slice
+    after a warm-up), a reduced precision only by a clear margin, decided once per machine, config and
+    size and kept (machine_choice.py: a restart or a fresh model folder never changes the masks).
+    Speed does not depend on the weights: fine-tuned weights reuse the choice."""
     size = int(model.image_size)
-    key = hashlib.sha256(repr((type(model.image_encoder.trunk).__name__, sum(p.numel() for p in model.parameters()),
-                               size, cpu_name(), threads, torch.__version__)).encode()).hexdigest()[:12]
-    record = model_dir / "exported" / f"auto-choice-{key}.json"
-    if record.exists():
-        chosen = json.loads(record.read_text())
-        choice = choose_encoder(model, *chosen["chosen"], model_dir=model_dir, threads=threads)
-        if choice.fallback is None:
-            return choice
-    frame = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    ms, choices = {}, {}
-    for runtime, precision in AUTO_CANDIDATES:
-        choice = choose_encoder(model, runtime, precision, model_dir=model_dir, threads=threads)
-        if choice.fallback is not None:
-            continue
-        encode = choice.encoder.forward_image if choice.encoder is not None else model.forward_image
-        with torch.inference_mode():
-            encode(frame)
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
+    key = machine_key(type(model.image_encoder.trunk).__name__, sum(p.numel() for p in model.parameters()), size,
+                      threads)
+    built: dict[tuple[str, str], EncoderChoice] = {}  # (runtime, precision asked) -> built while measuring
+
+    def measure() -> dict:
+        frame = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+        ms, exact, asked = {}, set(), {}
+        for runtime, precision in AUTO_CANDIDATES:
+            choice = choose_encoder(model, runtime, precision, model_dir=model_dir, threads=threads)
+            if choice.fallback is not None:
+                continue
+            encode = choice.encoder.forward_image if choice.encoder is not None else model.forward_image
+            with torch.inference_mode():
                 encode(frame)
-                times.append(time.perf_counter() - t0)
-        name = f"{runtime} ({choice.precision})"
-        ms[name] = round(1000 * sorted(times)[1], 1)
-        choices[name] = (runtime, precision, choice)
-    best = min(ms, key=ms.get)
-    runtime, precision, choice = choices[best]
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"chosen": [runtime, precision], "ms_per_slice": ms, "cpu": cpu_name(),
-                               "threads": threads, "image_size": size}, indent=2))
-    os.replace(tmp, record)
-    logger.info("encoder_runtime auto on %s, %d threads: %s (ms per slice: %s)", cpu_name(), threads, best, ms)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    encode(frame)
+                    times.append(time.perf_counter() - t0)
+            name = f"{runtime} ({choice.precision})"
+            if name in ms:  # OpenVINO's bf16 is f32 on a CPU without bf16 units: the same option twice
+                continue
+            ms[name] = round(1000 * sorted(times)[1], 1)
+            built[(runtime, precision)], asked[name] = choice, (runtime, precision)
+            if choice.precision in ("fp32", "f32"):
+                exact.add(name)
+        best = pick(ms, exact)
+        runtime, precision = asked[best]
+        logger.info("encoder_runtime auto on %s, %d threads: %s (ms per slice: %s; a reduced precision must be "
+                    "%.1fx faster than fp32)", cpu_name(), threads, best, ms, REDUCED_MARGIN)
+        return {"chosen": [runtime, precision], "ms_per_slice": ms, "cpu": cpu_name(), "threads": threads,
+                "image_size": size}
+
+    chosen = decide("encoder_runtime", key, measure)
+    runtime, precision = chosen["chosen"]
+    if (runtime, precision) in built:  # measured just now: serve the instance already built
+        return built[(runtime, precision)]
+    choice = choose_encoder(model, runtime, precision, model_dir=model_dir, threads=threads)
+    if choice.fallback is not None:
+        logger.warning("encoder_runtime auto: the recorded choice %s (%s) is not available here now (%s)",
+                       runtime, precision, choice.fallback)
     return choice
 
 

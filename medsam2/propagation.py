@@ -15,7 +15,6 @@ frames. Two engines do the tracking, with the same masks (up to float rounding):
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,23 +38,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     if requested and requested not in ("auto", ""):
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_info(field: str) -> str:
-    """A field of the first CPU in /proc/cpuinfo ("model name", "flags"); "" where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.split(":", 1)[0].strip() == field), "")
-    except OSError:
-        return ""
-    return line.split(":", 1)[1].strip() if ":" in line else ""
-
-
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether the CPU has AMX bf16 tiles, where bf16 autocast runs the whole model about twice as fast
-    as fp32 (docs/speed.md); without them bf16 on a CPU is emulated or barely faster."""
-    return "amx_bf16" in cpu_info("flags").split()
 
 
 @dataclass
@@ -111,7 +93,8 @@ class Segmenter:
     """Runs a VolumePredictor on volumes: opening (encoding) and prompting/propagating.
 
     precision: "auto" = bf16 autocast on CUDA, fp32 on CPU; "bf16" also on CPU (on CPUs with AMX bf16
-    units the whole model about 2x faster: docs/speed.md; the server picks it there, service.py); "fp32".
+    units the whole model about 2x faster: docs/speed.md; the server decides by a timing kept per
+    machine, machine_choice.py); "fp32".
     bf16 masks are within ~2 % Dice of fp32 (tests/test_speed_equivalence.py).
     stop_after_empty: stop a direction after this many consecutive slices without the object (0 = never):
     the slices beyond are left empty and never encoded, but a structure that reappears is missed.

@@ -20,7 +20,8 @@ from pathlib import Path
 from .checkpoints import CheckpointError, CheckpointMismatch, ModelSpec, build_model, resolve_spec
 from .encode_ahead import EncodeAhead
 from .encoder_runtime import EncoderChoice, check_choice, choose_encoder
-from .propagation import Segmenter, SegmentationResult, cpu_has_bf16_matrix_units, pick_device
+from .machine_choice import cpu_precision
+from .propagation import Segmenter, SegmentationResult, pick_device
 from .sessions import SessionCache
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ logger = logging.getLogger(__name__)
 class ModelProvider:
     """The served model. Weights come from the fine-tuned checkpoint the trainer publishes for these
     settings (`finetuned_path`) when there is one, else from the configured checkpoint. Precision
-    `auto` is bf16 on CUDA and on CPUs with AMX bf16 units, fp32 elsewhere; the image encoder runs in
-    the `encoder_runtime` (encoder_runtime.py)."""
+    `auto` is bf16 on CUDA; on a CPU, bf16 where it has bf16 units and bf16 is clearly faster there,
+    decided once per machine (machine_choice.py), fp32 elsewhere; the image encoder runs in the
+    `encoder_runtime` (encoder_runtime.py)."""
 
     def __init__(self, checkpoint: str | None, model_config: str | None, image_size: int | None,
                  model_dir: Path, device: str | None = None, intensity=None, encoder_runtime: str = "torch",
@@ -43,9 +45,6 @@ class ModelProvider:
         self.device = pick_device(device)
         self.intensity = intensity
         self.segmenter_options = segmenter_options  # see Segmenter: encode_batch_size, precision, ...
-        if segmenter_options.get("precision", "auto") == "auto" and self.device.type == "cpu" \
-                and cpu_has_bf16_matrix_units():  # measured about 2x end to end there (docs/speed.md)
-            self.segmenter_options["precision"] = "bf16"
         self._lock = threading.Lock()
         self._base: ModelSpec | None = None
         self._segmenter: Segmenter | None = None
@@ -96,9 +95,11 @@ class ModelProvider:
             if self._segmenter is None or version != self._version:
                 t0 = time.perf_counter()
                 model = build_model(spec, device=self.device)
+                options = dict(self.segmenter_options)
+                if options.get("precision", "auto") == "auto" and self.device.type == "cpu":
+                    options["precision"] = cpu_precision(model)  # timed once per machine (machine_choice.py)
                 self.encoder = choose_encoder(model, *self.encoder_runtime, model_dir=self.model_dir)
-                self._segmenter = Segmenter(model, intensity=self.intensity, encoder=self.encoder.encoder,
-                                            **self.segmenter_options)
+                self._segmenter = Segmenter(model, intensity=self.intensity, encoder=self.encoder.encoder, **options)
                 self._version = version
                 logger.info("loaded %s (%s) on %s in %.1fs", spec.checkpoint or "random weights",
                             spec.model_config, self.device, time.perf_counter() - t0)

@@ -25,6 +25,16 @@ TWINS_SEED = 5010  # the studies' twins_5010
 SAMPLE_PHANTOM = "sample_phantom_000"  # in the studies: the sample study's phantom_000 (128 x 128 x 48)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def machine_choices(tmp_path_factory):
+    """One record of speed choices for the whole run (medsam2/machine_choice.py), shared by every
+    server the tests start (they inherit the environment), so that two servers compared with each
+    other encode with the same runtime and precision; the user's own record is left alone."""
+    path = tmp_path_factory.mktemp("machine") / "machine-choices.json"
+    os.environ["MEDSAM2_CHOICES"] = str(path)
+    yield path
+
+
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> Path:
     """Random weights of the micro config: the shapes of a real checkpoint, no skill."""

@@ -12,8 +12,9 @@
 --conf cache_entries   most images kept open at once                         [8]
 --conf encode_ahead    encode an image when a client fetches it, before the first click [true]
 --conf encode_batch    slices per image-encoder batch                        [8 on GPU, 1 on CPU]
---conf precision       auto (bf16 on CUDA and on CPUs with AMX) | bf16 | fp32 [auto]
---conf encoder_runtime auto (the fastest, timed once on this CPU) | torch | onnxruntime | openvino [auto]
+--conf precision       auto (bf16 on CUDA; on a CPU with bf16 units only if clearly faster, timed once per machine) | bf16 | fp32 [auto]
+--conf encoder_runtime auto (the fastest fp32 runtime, a reduced precision only if 1.5x faster; timed once per machine) | torch | onnxruntime | openvino [auto]
+--conf largest_component keep each structure's largest 3D piece: auto (the checkpoint's reference) | true | false, also per request [auto]
 --conf encoder_precision auto | fp32 | int8 (onnxruntime) | bf16 (openvino)  [auto]
 --conf stop_after_empty stop a direction after N empty slices (0 = never)    [0]
 --conf directions      independent | sequential (stock SAM2's order)        [independent]
@@ -86,6 +87,9 @@ class MedSam2Config(TaskConfig):
         if self.provider.segmenter_options["directions"] not in DIRECTIONS:
             raise ValueError(f"--conf directions must be one of {DIRECTIONS}")
         self.intensity = conf.get("intensity", "auto")
+        self.largest_component = str(conf.get("largest_component", "auto")).lower()
+        if self.largest_component not in ("auto", "true", "false"):
+            raise ValueError("--conf largest_component must be auto, true or false")
         self.limits = {"max_voxels": max_voxels(conf), "max_clicks": int(conf.get("max_clicks", DEFAULT_MAX_CLICKS))}
         self.infer_concurrency = max(1, int(conf.get("infer_concurrency", 2)))
         self.engine = InteractiveSegmenter(self.provider, self.cache,
@@ -95,9 +99,12 @@ class MedSam2Config(TaskConfig):
     def infer(self):
         return {
             self.name: MedSam2InferTask(self.engine, self.labels, self.memory_policy, self.intensity,
-                                        policies=self.policies, **self.limits),
+                                        policies=self.policies, largest_component=self.largest_component,
+                                        **self.limits),
             f"{self.name}_scribbles": MedSam2ScribblesInferTask(self.engine, self.labels, self.memory_policy,
-                                                                self.intensity, policies=self.policies, **self.limits),
+                                                                self.intensity, policies=self.policies,
+                                                                largest_component=self.largest_component,
+                                                                **self.limits),
             f"{self.name}_oneprompt": OnePromptInferTask(self.provider, self.banks, self.labels, **self.limits),
         }
 

@@ -35,7 +35,7 @@ class MedSam2InferTask(InferTask):
     def __init__(self, engine: InteractiveSegmenter, labels: dict[str, int], memory_policy: str = "self_sorting",
                  intensity: str = "auto", policies: dict | None = None, description: str | None = None,
                  max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS,
-                 type: InferType = InferType.DEEPGROW):
+                 type: InferType = InferType.DEEPGROW, largest_component: str = "auto"):
         super().__init__(
             type=type,
             labels=labels,
@@ -45,7 +45,7 @@ class MedSam2InferTask(InferTask):
             # MONAI Label mode has no other way to save a label: docs/deployment.md, "OHIF")
             # largest_component: keep each structure's largest 3D piece (auto: as the checkpoint's reference does)
             config={"memory_policy": memory_policy, "intensity": intensity, "reset_state": False, "save_label": False,
-                    "largest_component": "auto"},
+                    "largest_component": largest_component},
         )
         self.engine = engine
         self.label_values = dict(labels)

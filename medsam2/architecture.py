@@ -67,13 +67,16 @@ def of_state_dict(state: dict) -> Architecture:
     stages.append(count)
     layers = {int(m.group(1)) for k in state if (m := re.match(r"memory_attention\.layers\.(\d+)\.", k))}
     neck = state.get("image_encoder.neck.convs.0.conv.weight")
-    tpos = state.get("maskmem_tpos_enc")
+    # the memory width from either of two tensors: a file short of one is still described right, and
+    # the strict load then names what is missing
+    tpos, out_proj = state.get("maskmem_tpos_enc"), state.get("memory_encoder.out_proj.weight")
+    mem_dim = int(tpos.shape[-1]) if tpos is not None else int(out_proj.shape[0]) if out_proj is not None else 0
     return Architecture(
         sam2_version="2.1" if "no_obj_embed_spatial" in state else "2.0",
         hiera_width=int(state[f"{prefix}patch_embed.proj.weight"].shape[0]),
         hiera_stages=tuple(stages),
         neck_dim=int(neck.shape[0]) if neck is not None else 0,
-        mem_dim=int(tpos.shape[-1]) if tpos is not None else 0,
+        mem_dim=mem_dim,
         memory_layers=len(layers),
     )
 

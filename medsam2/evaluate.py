@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -80,6 +81,12 @@ def _segmenter(args):
     from .propagation import Segmenter, pick_device
 
     spec = resolve_spec(args.checkpoint, args.model_config, args.image_size, args.model_dir)
+    if args.fill_hole_area is not None or args.largest_component is not None:  # the checkpoint's, overridden
+        post = spec.postprocess
+        spec = dataclasses.replace(spec, postprocess=dataclasses.replace(
+            post, fill_hole_area=post.fill_hole_area if args.fill_hole_area is None else args.fill_hole_area,
+            largest_component=post.largest_component if args.largest_component is None
+            else args.largest_component == "true"))
     device = pick_device(args.device)
     return spec, Segmenter(build_model(spec, device=device), intensity=args.intensity, directions=args.directions,
                            settle_slices=args.settle_slices, precision=args.precision,
@@ -124,6 +131,7 @@ def run(args) -> int:
         return _fail(str(e))
     settings = RunSettings(protocol, list(args.policy), args.tolerance_mm, args.seed, structures)
     config = {
+        "postprocess": segmenter.model.postprocess.as_dict(), "preprocess": segmenter.model.preprocess.as_dict(),
         "data": str(args.data), "cases": [c.id for c in cases], "checkpoint": str(spec.checkpoint or "random"),
         "model_config": spec.model_config, "image_size": int(segmenter.model.image_size), "device": str(device),
         "policies": settings.policies, "protocol": protocol.name, "corrections": protocol.corrections,
@@ -279,6 +287,10 @@ def _engine_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--settle-slices", type=int, default=0, help="as the server's --conf settle_slices")
     ap.add_argument("--precision", default="auto", help="as the server's --conf precision")
     ap.add_argument("--stop-after-empty", type=int, default=0, help="as the server's --conf stop_after_empty")
+    ap.add_argument("--fill-hole-area", type=int, default=None, help="holes filled up to this many low-resolution "
+                    "pixels (default: the checkpoint's postprocess; 0 = none)")
+    ap.add_argument("--largest-component", choices=["true", "false"], default=None,
+                    help="keep each structure's largest 3D component (default: the checkpoint's postprocess)")
 
 
 def _fail(message: str) -> int:

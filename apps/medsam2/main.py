@@ -54,7 +54,9 @@ class MedSam2App(MONAILabelApp):
                                      read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def init_remote_datastore(self):
-        return dicomweb.with_seg_writer(super().init_remote_datastore(), self.app_dir)
+        modalities = str(self.conf.get("dicomweb_modalities", ",".join(dicomweb.DEFAULT_MODALITIES)))
+        return dicomweb.with_seg_writer(super().init_remote_datastore(), self.app_dir,
+                                        [m.strip().upper() for m in modalities.split(",") if m.strip()])
 
     def _download_dcmqi_tools(self):
         # MONAI Label would download dcmqi from GitHub here (no internet: no server); see lib/dicomweb.py

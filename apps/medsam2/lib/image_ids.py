@@ -27,9 +27,12 @@ def _new_dicomweb_series(image: str, datastore) -> bool:
 
     if not isinstance(datastore, DICOMWebDatastore) or not _UID.fullmatch(image):
         return False
-    found = datastore._client.search_for_series(search_filters={**datastore._search_filter,
-                                                                "SeriesInstanceUID": image})
-    return any(item.get("0020000E", {}).get("Value") == [image] for item in found)
+    searches = datastore.series_filters() if hasattr(datastore, "series_filters") else [datastore._search_filter]
+    for search in searches:
+        found = datastore._client.search_for_series(search_filters={**search, "SeriesInstanceUID": image})
+        if any(item.get("0020000E", {}).get("Value") == [image] for item in found):
+            return True
+    return False
 
 
 def check_image_id(request: dict, datastore) -> None:

@@ -21,6 +21,7 @@
 --conf settle_slices   a correction re-propagates only until N slices come out unchanged [0 = to the ends]
 --conf cuda_graphs     replay the propagation step as CUDA graphs (GPU; unverified) [false]
 --conf overlap_encoding encode slices alongside propagation (GPU; unverified) [false]
+--conf dicomweb_modalities the series a PACS offers as images (main.py)      [CT,MR,PT]
 --conf max_voxels      largest image read, from its header (lib/image_size.py) [1024*1024*2000]
 --conf max_clicks      most clicks in one request (lib/params.py)            [1000]
 --conf infer_concurrency 3D inferences running at once (lib/infer_route.py)  [2]

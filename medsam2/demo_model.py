@@ -25,6 +25,7 @@ import torch
 from .checkpoints import atomic_torch_save
 from .memory_phantoms import make_memory_phantom
 from .phantoms import make_phantom
+from .training.clips import Augment
 from .training.loop import TrainConfig, TrainResult, train
 from .training.objective import LossWeights
 from .training.prompt_sim import PromptSettings
@@ -60,7 +61,8 @@ def stage_configs(out: Path, seed: int = 0, prompt_steps: int = PROMPT_STEPS, tr
     weights, written next to `out`."""
     out = Path(out)
     common = dict(model_config=DEMO_CONFIG, image_encoder_lr_scale=0.6, weight_decay=0.1, grad_clip=1.0,
-                  warmup_steps=30, max_objects=2, p_exit=0.3, train_modules="all", seed=seed, weights=LossWeights())
+                  warmup_steps=30, max_objects=2, p_exit=0.3, train_modules="all", seed=seed, weights=LossWeights(),
+                  augment=Augment.none())
     prompting = TrainConfig(out_checkpoint=out.with_name(out.stem + "_stage1.pt"), max_steps=prompt_steps, lr=5e-4,
                             clip_len=1, clips_per_step=4, val_every=prompt_steps, max_minutes=minutes,
                             prompts=PromptSettings(max_corrections=3), **common)

@@ -117,8 +117,10 @@ class MedSam2Trainer(TrainTask):
             raise ValueError("no saved labels to train on: save at least one label first")
         rng = np.random.default_rng(int(request.get("seed", 0)))
         order = rng.permutation(len(pairs))
-        n_val = int(round(len(pairs) * float(request.get("val_split", 0.2)))) if len(pairs) > 1 else 0
-        n_val = min(max(n_val, 1 if len(pairs) > 1 else 0), len(pairs) - 1)
+        split = float(request.get("val_split", 0.2))
+        n_val = int(round(len(pairs) * split)) if len(pairs) > 1 else 0
+        # at least one validation image when there is a split at all; val_split 0: train on every image
+        n_val = min(max(n_val, 1 if len(pairs) > 1 and split > 0 else 0), max(len(pairs) - 1, 0))
         val = [pairs[i] for i in order[:n_val]]
         trn = [pairs[i] for i in order[n_val:]]
 

@@ -162,10 +162,15 @@ def resolve_spec(
                 known = ", ".join(sorted(manifest)) or "(none)"
                 raise CheckpointError(f"checkpoint {checkpoint!r} is neither a file nor a manifest name ({known})")
             meta = read_checkpoint(ckpt_path)[1]
-            # this project's trainer records what the file needs; any other SAM 2 file gets SAM 2's pipeline
-            preprocess, postprocess = _declared(
-                {"preprocess": meta.get("preprocess", SAM2_PREPROCESS), "postprocess": meta.get("postprocess")},
-                f"checkpoint {ckpt_path}")
+            known = _entry_of_file(manifest, model_dir, ckpt_path)
+            if known is not None:  # a manifest entry's own file, named by its path: the entry's declarations
+                preprocess, postprocess = _declared(known, f"manifest entry for {ckpt_path}")
+                model_config = model_config or known["model_config"]
+                image_size = image_size or known.get("image_size")
+            else:  # this project's trainer records what the file needs; any other SAM 2 file gets SAM 2's pipeline
+                preprocess, postprocess = _declared(
+                    {"preprocess": meta.get("preprocess", SAM2_PREPROCESS), "postprocess": meta.get("postprocess")},
+                    f"checkpoint {ckpt_path}")
             image_size = image_size or meta.get("image_size")
         if model_config is None:
             model_config = config_of_file(ckpt_path)
@@ -177,6 +182,12 @@ def resolve_spec(
     if ckpt_path is not None:
         check_fits(spec)
     return spec
+
+
+def _entry_of_file(manifest: dict, model_dir: Path, path: Path) -> dict | None:
+    """The manifest entry whose file `path` is (the shipped demo model given by its path, say)."""
+    real = Path(path).resolve()
+    return next((e for e in manifest.values() if (Path(model_dir) / e["file"]).resolve() == real), None)
 
 
 def _declared(entry: dict, where: str) -> tuple[Preprocess, Postprocess]:

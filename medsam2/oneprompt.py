@@ -21,6 +21,7 @@ import torch
 
 from .checkpoints import atomic_torch_save
 from .memory import MemoryBank, MemoryEntry, frame_confidence
+from .postprocess import fill_holes
 from .predictor import last_decoder_outputs
 from .prompts import ObjectPrompt
 from .propagation import Segmenter
@@ -138,7 +139,8 @@ def prompted_memory(model, session, prompt: ObjectPrompt | None = None, mask: np
         model.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=points, labels=labels, box=box)
     model.propagate_in_video_preflight(state)  # runs the memory encoder on the prompted mask
     out = state["output_dict_per_obj"][0]["cond_frame_outputs"][0]
-    _, video_res = model._get_orig_video_res_output(state, out["pred_masks"])
+    filled = fill_holes(out["pred_masks"], model.postprocess.fill_hole_area)  # SAM 2's, as in 3D
+    _, video_res = model._get_orig_video_res_output(state, filled)
     return out, video_res
 
 
@@ -156,6 +158,6 @@ def segment_from_memories(model, session, entries: list[MemoryEntry], frame: int
                            output_dict=memory, num_frames=n + 1, run_mem_encoder=True)
     ious = last_decoder_outputs()[2]
     out["iou"] = ious.max(dim=-1).values.float() if ious is not None else None
-    video_res = torch.nn.functional.interpolate(out["pred_masks"].float(), size=(J, I), mode="bilinear",
-                                                align_corners=False)
+    filled = fill_holes(out["pred_masks"].float(), model.postprocess.fill_hole_area)  # SAM 2's, as in 3D
+    video_res = torch.nn.functional.interpolate(filled, size=(J, I), mode="bilinear", align_corners=False)
     return out, video_res

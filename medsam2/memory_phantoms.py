@@ -12,7 +12,10 @@ fade     on a few slices a structure's contrast drops to a small fraction and co
 gap      a structure leaves the slices for a few and comes back (unlabelled while away): a memory
          must still hold it when it returns, and not take its twin instead;
 drift    contrast changes along the volume (structure and background), so a far slice looks unlike
-         the prompted one.
+         the prompted one;
+wide     wider ranges of what another generator might draw: radii, the gap between the twins (down
+         to nearly touching), how far the pair turns (up to a full half turn each way), and how much
+         of the volume each twin spans (so either may lead or trail).
 
 The twins never touch (their centres stay apart by more than their two radii plus a margin) and
 move by a few voxels per slice at most, so a person following them slice by slice never doubts which
@@ -27,7 +30,7 @@ import numpy as np
 from .phantoms import PHANTOM_LABELS, Phantom, make_phantom
 
 TWIN_LABELS = {"twin_a": 1, "twin_b": 2}
-KINDS = ("twins", "fade", "gap", "drift", "long")
+KINDS = ("twins", "fade", "gap", "drift", "long", "wide")
 LONG_WINDOW = (7, 10)  # "long": a fade or gap longer than SAM 2's 6 recent memories
 
 
@@ -66,6 +69,7 @@ def make_twins(
     drift: bool = False,
     noise_hu: float | None = None,
     window: tuple[int, int] = (2, 4),
+    wide: bool = False,
 ) -> Phantom:
     """Two identical-looking structures (labels twin_a = 1, twin_b = 2) moving through the volume.
 
@@ -87,21 +91,21 @@ def make_twins(
     body = (x / 0.92) ** 2 + (y / 0.85) ** 2 <= 1.0
 
     # one cross-section for both twins on each slice: semi-axes and orientation vary along k
-    r0 = rng.uniform(0.15, 0.21)
+    r0 = rng.uniform(0.10, 0.26) if wide else rng.uniform(0.15, 0.21)
     ra = r0 * (1.0 + _smooth_curve(rng, t, 0.25))
     rb = r0 * rng.uniform(0.7, 1.0) * (1.0 + _smooth_curve(rng, t, 0.25))
     orient = rng.uniform(0, np.pi) + _smooth_curve(rng, t, 0.8)
     rmax = float(max(ra.max(), rb.max()))
     # the pair: centre, axis angle (turning by up to half a turn) and distance between the centres
-    half = rmax + rng.uniform(0.05, 0.12)  # half the centre distance: the twins never touch
+    half = rmax + (rng.uniform(0.03, 0.25) if wide else rng.uniform(0.05, 0.12))  # the twins never touch
     sep = half * (1.0 + np.abs(_smooth_curve(rng, t, 0.25)))
-    turn = rng.uniform(-1.0, 1.0) * np.pi / 2
+    turn = rng.uniform(-1.0, 1.0) * (np.pi if wide else np.pi / 2)
     angle = rng.uniform(0, 2 * np.pi) + turn * (t + 1.0) / 2 + _smooth_curve(rng, t, 0.2)
     room = max(0.0, 0.72 - float(sep.max()) - rmax)  # how far the centre may wander inside the body
     cx = _smooth_curve(rng, t, room) if room > 0 else np.zeros_like(t)
     cy = _smooth_curve(rng, t, room) if room > 0 else np.zeros_like(t)
 
-    extents = {v: _extent(rng, K, 0.6) for v in TWIN_LABELS.values()}
+    extents = {v: _extent(rng, K, 0.4 if wide else 0.6) for v in TWIN_LABELS.values()}
     faded: dict[int, list[int]] = {}
     gaps: dict[int, list[int]] = {}
     if fade:
@@ -149,7 +153,8 @@ def make_twins(
     present = {v: [int(k) for k in np.nonzero((label == v).any(axis=(0, 1)))[0]] for v in TWIN_LABELS.values()}
     notes = {
         "kind": "+".join(["twins"] + [name for name, on in (("fade", fade), ("gap", gap), ("drift", drift),
-                                                             ("long", tuple(window) == LONG_WINDOW)) if on]),
+                                                             ("long", tuple(window) == LONG_WINDOW), ("wide", wide))
+                                      if on]),
         "extent": {v: (p[0], p[-1]) if p else None for v, p in present.items()},
         "faded": {v: ks for v, ks in faded.items() if ks},
         "gap": {v: ks for v, ks in gaps.items() if ks},
@@ -190,4 +195,4 @@ def make_memory_phantom(kind: str, shape=(64, 64, 32), seed: int = 0, spacing=(1
     if parts[0] != "twins" or any(p not in KINDS for p in parts):
         raise ValueError(f"unknown memory phantom {kind!r}: twins[+fade][+gap][+drift][+long] or phantom+fade")
     return make_twins(shape, seed, spacing, fade="fade" in parts, gap="gap" in parts, drift="drift" in parts,
-                      window=LONG_WINDOW if "long" in parts else (2, 4))
+                      window=LONG_WINDOW if "long" in parts else (2, 4), wide="wide" in parts)

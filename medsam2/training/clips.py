@@ -154,3 +154,17 @@ class ClipSampler:
             if self.preprocess.uint8:
                 scaled = torch.floor(scaled * 255.0) / 255.0
         return scaled, label
+
+
+class ReplaySampler:
+    """Clips from `main`, and with probability `share` from `replay`: what the model already knew, shown
+    again while it learns new labels, so that a run on a few structures does not teach it that nothing
+    else exists (docs/training.md, "Learning a real structure")."""
+
+    def __init__(self, main: ClipSampler, replay: ClipSampler, share: float, seed: int = 0):
+        self.main, self.replay, self.share = main, replay, float(share)
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> Clip:
+        return self.replay.sample() if self.rng.random() < self.share else self.main.sample()
+

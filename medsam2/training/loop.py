@@ -27,7 +27,7 @@ from ..frames import Preprocess
 from ..postprocess import Postprocess
 from ..propagation import Segmenter, pick_device
 from ..prompts import ObjectPrompt
-from .clips import Augment, ClipSampler, LabelledVolume
+from .clips import Augment, ClipSampler, LabelledVolume, ReplaySampler
 from .objective import ClipObjective, LossWeights
 from .prompt_sim import PromptSettings
 
@@ -41,6 +41,7 @@ class TrainConfig:
     preprocess: Preprocess = field(default_factory=Preprocess)  # the checkpoint's input pipeline (frames.py)
     postprocess: Postprocess = field(default_factory=Postprocess)  # kept in the published file's meta
     augment: Augment = field(default_factory=Augment)  # how clips differ from their volumes (clips.py)
+    replay_share: float = 0.0  # share of clips drawn from the replay pairs given to train() (clips.ReplaySampler)
     max_steps: int = 200
     max_minutes: float | None = None
     lr: float | None = None  # default: default_lr (3e-4 from scratch or for a small model, 5e-5 for a large one)
@@ -172,8 +173,10 @@ def train_step(objective: ClipObjective, sampler: ClipSampler, rng: np.random.Ge
 
 
 def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] = print,
-          should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world_size: int = 1) -> TrainResult:
-    """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up)."""
+          should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world_size: int = 1,
+          replay_pairs=None) -> TrainResult:
+    """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up).
+    `replay_pairs`: what the model was trained on before, drawn for `cfg.replay_share` of the clips."""
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -195,6 +198,11 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
                           p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment)
+    if replay_pairs and cfg.replay_share > 0:
+        replay = ClipSampler([LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in replay_pairs],
+                             model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank + 7,
+                             p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment)
+        sampler = ReplaySampler(sampler, replay, cfg.replay_share, seed=cfg.seed + 1000 * rank + 11)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

@@ -10,7 +10,9 @@ their next request. A stopped or failed run publishes nothing. Progress goes to 
 Request params: max_steps (1000), max_minutes (14: a default run ends within 15 minutes on 2 CPU
 cores; 0 = no limit), val_split (0.2), clip_len (8), max_objects (3),
 clips_per_step (2), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with
-true, torch DDP over all GPUs; on a CPU-only machine `cpu_processes` gloo processes, default 1).
+true, torch DDP over all GPUs; on a CPU-only machine `cpu_processes` gloo processes, default 1),
+replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
+the demo model's training data is known, generated here; docs/training.md).
 """
 
 from __future__ import annotations
@@ -99,15 +101,30 @@ class MedSam2Trainer(TrainTask):
             raise
 
     @staticmethod
+    def _replay_pairs(cfg: TrainConfig):
+        """What the served model was trained on, for `replay`: the demo model's generated phantoms."""
+        if cfg.replay_share <= 0:
+            return None
+        from medsam2.demo_model import DEMO_CONFIG, training_pairs
+
+        if cfg.model_config != DEMO_CONFIG:
+            raise ValueError(f"replay needs the data the model was trained on; it is known for the demo model "
+                             f"({DEMO_CONFIG}) only, not for {cfg.model_config}")
+        return training_pairs()
+
+    @staticmethod
     def _check(cfg: TrainConfig) -> TrainConfig:
         counts = {k: getattr(cfg, k) for k in ("max_steps", "clip_len", "max_objects", "clips_per_step", "val_every")}
         bad = [f"{k}={v}" for k, v in counts.items() if v < 1]
         if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
             bad.append(f"lr={cfg.lr}")
+        if not 0 <= cfg.replay_share < 1:
+            bad.append(f"replay={cfg.replay_share}")
         if cfg.max_minutes is not None and not math.isfinite(cfg.max_minutes):
             bad.append(f"max_minutes={cfg.max_minutes}")
         if bad:
-            raise ValueError(f"training params out of range: {', '.join(bad)} (counts >= 1, lr a positive number)")
+            raise ValueError(f"training params out of range: {', '.join(bad)} (counts >= 1, lr a positive number, "
+                             "replay in [0, 1))")
         return cfg
 
     def _run(self, request, datastore: Datastore):
@@ -141,6 +158,7 @@ class MedSam2Trainer(TrainTask):
             lr=float(request["lr"]) if request.get("lr") else None,
             train_modules=str(request.get("train_modules", "auto")),
             seed=int(request.get("seed", 0)),
+            replay_share=float(request.get("replay", 0) or 0),
         ))
         me = psutil.Process()
         stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
@@ -167,7 +185,7 @@ class MedSam2Trainer(TrainTask):
             for entry in result.history:
                 log(entry)
         else:
-            result = train(cfg, trn, val, log=log)
+            result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
         writer.close()
         stats.update({"status": "DONE", "steps": result.steps, "seconds": round(time.time() - t0, 1),
                       "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,

@@ -66,11 +66,13 @@ def worker_engine(job: dict, path: str) -> dict:
     from medsam2.prompts import parse_objects
     from medsam2.service import InteractiveSegmenter, ModelProvider
     from medsam2.sessions import SessionCache
+    from medsam2.settings import EngineSettings
 
     runtime, encoder_precision, precision = ENGINES[path]
-    provider = ModelProvider(job["checkpoint"], job["config"], job["image_size"], Path(job["workdir"]) / "model",
-                             device="cpu", encoder_runtime=runtime, encoder_precision=encoder_precision,
-                             precision=precision)
+    settings = EngineSettings(checkpoint=job["checkpoint"], model_config=job["config"], image_size=job["image_size"],
+                              device="cpu", encoder_runtime=runtime, encoder_precision=encoder_precision,
+                              precision=precision)
+    provider = ModelProvider(settings, Path(job["workdir"]) / "model")
     t0 = time.perf_counter()
     segmenter, _ = provider.get()  # builds the model, and exports / loads the encoder for its runtime
     load_s = time.perf_counter() - t0

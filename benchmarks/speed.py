@@ -328,13 +328,14 @@ def worker_engine(job: dict, variant: str) -> dict:
     from medsam2.checkpoints import ModelSpec, build_model
     from medsam2.propagation import Segmenter
     from medsam2.prompts import parse_objects
+    from medsam2.settings import EngineSettings
 
     device = job["device"]
     model = build_model(ModelSpec(job["config"], job["image_size"], Path(job["checkpoint"])), device=device)
     options = dict(ENGINE_VARIANTS[variant])
-    seg = Segmenter(model, encode_batch_size=job["encode_batch_size"], intensity=job["intensity"],
-                    precision=job["precision"], stop_after_empty=job["stop_after_empty"],
-                    settle_slices=job["settle_slices"], directions=job["directions"], **options)
+    seg = Segmenter(model, EngineSettings(encode_batch=job["encode_batch_size"], intensity=job["intensity"],
+                                          precision=job["precision"], stop_after_empty=job["stop_after_empty"],
+                                          settle_slices=job["settle_slices"], directions=job["directions"], **options))
     volume = np.load(job["volume"])
     fg, bg = job["click"], job["background_click"]
     first = parse_objects({"foreground": [fg]}, volume.shape)

@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .settings import add_arguments, from_args
+
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 
 
@@ -36,10 +38,8 @@ def main(argv=None) -> int:
     c = sub.add_parser("challenge-predict")
     c.add_argument("--inputs", type=Path, required=True)
     c.add_argument("--outputs", type=Path, required=True)
-    c.add_argument("--checkpoint", required=True, help="manifest name or .pt path")
-    c.add_argument("--model-config", default=None)
+    add_arguments(c, ("checkpoint", "model_config", "device"), required=("checkpoint",))
     c.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    c.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
 
     if args.cmd == "fetch":
@@ -57,9 +57,10 @@ def main(argv=None) -> int:
         from .propagation import Segmenter, pick_device
 
         try:
-            spec = resolve_spec(args.checkpoint, args.model_config, None, args.model_dir)
-            segmenter = Segmenter(build_model(spec, device=pick_device(args.device)))
-        except CheckpointError as e:
+            settings = from_args(args)
+            spec = resolve_spec(settings.checkpoint, settings.model_config, None, args.model_dir)
+            segmenter = Segmenter(build_model(spec, device=pick_device(settings.device)), settings)
+        except (CheckpointError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         written = predict_folder(ChallengePredictor(segmenter), args.inputs, args.outputs)

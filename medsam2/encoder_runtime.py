@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 from .machine_choice import REDUCED_MARGIN, cpu_info, decide, machine_key, pick
+from .settings import ENCODER_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+RUNTIMES = tuple(ENCODER_PRECISIONS)
 PRECISIONS = ("auto", "fp32", "int8", "bf16")
-SUPPORTED = {"auto": ("auto",), "torch": ("auto", "fp32"), "onnxruntime": ("auto", "fp32", "int8"),
-             "openvino": ("auto", "fp32", "bf16")}
+SUPPORTED = ENCODER_PRECISIONS  # settings.py: which precisions each runtime runs
 # what `auto` measures on a CPU: each is within the masks' tolerance of PyTorch fp32 (tests/test_encoder_runtime.py)
 # exact ones (fp32) first; a reduced one (int8, OpenVINO's bf16) is chosen only by a clear margin (machine_choice.py)
 AUTO_CANDIDATES = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"),

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from .settings import add_arguments, from_args
+
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 
 
@@ -88,17 +90,15 @@ def _segmenter(args):
     from .checkpoints import build_model, resolve_spec
     from .propagation import Segmenter, pick_device
 
-    spec = resolve_spec(args.checkpoint, args.model_config, args.image_size, args.model_dir)
-    if args.fill_hole_area is not None or args.largest_component is not None:  # the checkpoint's, overridden
+    settings = from_args(args)
+    spec = resolve_spec(settings.checkpoint, settings.model_config, settings.image_size, args.model_dir)
+    if args.fill_hole_area is not None or settings.largest_component != "auto":  # the checkpoint's, overridden
         post = spec.postprocess
         spec = dataclasses.replace(spec, postprocess=dataclasses.replace(
             post, fill_hole_area=post.fill_hole_area if args.fill_hole_area is None else args.fill_hole_area,
-            largest_component=post.largest_component if args.largest_component is None
-            else args.largest_component == "true"))
-    device = pick_device(args.device)
-    return spec, Segmenter(build_model(spec, device=device), intensity=args.intensity, directions=args.directions,
-                           settle_slices=args.settle_slices, precision=args.precision,
-                           stop_after_empty=args.stop_after_empty)
+            largest_component=post.largest_component if settings.largest_component == "auto"
+            else settings.largest_component == "true"))
+    return spec, Segmenter(build_model(spec, device=pick_device(settings.device)), settings)
 
 
 def run(args) -> int:
@@ -123,7 +123,7 @@ def run(args) -> int:
             rng = __import__("numpy").random.RandomState(BOX_SEED + args.seed)
             for case in cases:
                 image, label, spacing = load_case(case)
-                yield case_from_volume(f"{case.id}.npz", image, label, spacing, args.intensity, rng), \
+                yield case_from_volume(f"{case.id}.npz", image, label, spacing, from_args(args).intensity, rng), \
                     _class_names(label, structures)
 
         return _challenge_loop(args, converted(), str(args.data))
@@ -146,8 +146,7 @@ def run(args) -> int:
         "box_jitter": protocol.box_jitter, "key_slice": protocol.key_slice, "slice_range": protocol.slice_range,
         "correction_rule": protocol.correction_rule, "scribble_points": protocol.scribble_points,
         "time_limit_s": protocol.time_limit_s, "tolerance_mm": args.tolerance_mm,
-        "seed": args.seed, "intensity": args.intensity, "directions": args.directions,
-        "settle_slices": args.settle_slices, "precision": args.precision, "stop_after_empty": args.stop_after_empty,
+        "seed": args.seed, **{name: getattr(segmenter.settings, name) for name in ENGINE_ARGUMENTS[4:]},
         "structures": structures,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -283,22 +282,17 @@ def _challenge_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# the engine settings the evaluation takes, as the server's --conf of the same name (settings.py)
+ENGINE_ARGUMENTS = ("checkpoint", "model_config", "image_size", "device", "intensity", "directions", "settle_slices",
+                    "precision", "stop_after_empty", "largest_component")
+
+
 def _engine_arguments(ap: argparse.ArgumentParser) -> None:
     """The model and engine settings, shared by `run` and the challenge form."""
-    ap.add_argument("--checkpoint", required=True, help="manifest name, .pt path, or 'random' (untrained weights)")
-    ap.add_argument("--model-config", default=None, help="sam2 / project config name or .yaml (default: manifest's)")
-    ap.add_argument("--image-size", type=int, default=None)
+    add_arguments(ap, ENGINE_ARGUMENTS, required=("checkpoint",))
     ap.add_argument("--model-dir", type=Path, default=MODEL_DIR)
-    ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
-    ap.add_argument("--intensity", default="auto", help="as the server's --conf intensity")
-    ap.add_argument("--directions", default="independent", help="as the server's --conf directions")
-    ap.add_argument("--settle-slices", type=int, default=0, help="as the server's --conf settle_slices")
-    ap.add_argument("--precision", default="auto", help="as the server's --conf precision")
-    ap.add_argument("--stop-after-empty", type=int, default=0, help="as the server's --conf stop_after_empty")
     ap.add_argument("--fill-hole-area", type=int, default=None, help="holes filled up to this many low-resolution "
                     "pixels (default: the checkpoint's postprocess; 0 = none)")
-    ap.add_argument("--largest-component", choices=["true", "false"], default=None,
-                    help="keep each structure's largest 3D component (default: the checkpoint's postprocess)")
 
 
 def _fail(message: str) -> int:

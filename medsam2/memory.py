@@ -29,6 +29,7 @@ One-Prompt segmentation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -208,7 +209,7 @@ def sam2_memory_plan(model, frame_idx: int, reverse: bool, cond_frames, slots: d
     return MemoryPlan(tuple(memories), tuple(pointers))
 
 
-POLICIES = {
-    "fifo": None,  # SAM2's own rule
-    "self_sorting": SelfSortingPolicy,
-}
+def policy_factories(capacity: int = 16) -> dict:
+    """Memory policy name -> a factory of fresh policies (one per propagation lane); None: SAM 2's own
+    rule (the last six slices, "fifo")."""
+    return {"fifo": None, "self_sorting": partial(SelfSortingPolicy, capacity=capacity)}

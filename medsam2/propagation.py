@@ -29,9 +29,8 @@ from .postprocess import fill_holes, largest_component
 from .predictor import VolumePredictor, corrections_as_conditioning
 from .prompts import ObjectPrompt
 from .track_step import GraphedSteps, SliceStep
-from .tracker import DIRECTIONS, UNTRACKED, Lane, LaneTracker, TrackBanks
-
-ENGINES = ("batched", "plain")
+from .settings import EngineSettings
+from .tracker import UNTRACKED, Lane, LaneTracker, TrackBanks
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -90,7 +89,8 @@ class SegmentationResult:
 
 
 class Segmenter:
-    """Runs a VolumePredictor on volumes: opening (encoding) and prompting/propagating.
+    """Runs a VolumePredictor on volumes: opening (encoding) and prompting/propagating, as its
+    EngineSettings say (settings.py). What the settings that shape propagation mean here:
 
     precision: "auto" = bf16 autocast on CUDA, fp32 on CPU; "bf16" also on CPU (on CPUs with AMX bf16
     units the whole model about 2x faster: docs/speed.md; the server decides by a timing kept per
@@ -112,33 +112,19 @@ class Segmenter:
     front); offload_levels keeps those feature-pyramid levels in pinned host memory (features.py).
     """
 
-    def __init__(self, model: VolumePredictor, encode_batch_size: int | None = None,
-                 intensity: Intensity | str | None = None, precision: str = "auto", stop_after_empty: int = 0,
-                 engine: str = "batched", directions: str = "independent", settle_slices: int = 0,
-                 settle_tolerance: float = 0.01, cuda_graphs: bool = False, overlap_encoding: bool = False,
-                 offload_levels=(), encoder=None):
+    def __init__(self, model: VolumePredictor, settings: EngineSettings | None = None, encoder=None):
         self.model = model.eval()
+        self.settings = settings = settings or EngineSettings()
         self.encoder = encoder  # an exported image encoder (encoder_runtime.py), or None: the model's own
         self.device = model.device
         on_gpu = self.device.type == "cuda"
         # batching the image encoder pays on a GPU; on a CPU one slice at a time is as fast and lighter
-        self.encode_batch_size = encode_batch_size or (8 if on_gpu else 1)
-        self.intensity = Intensity.parse(intensity)
-        if precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if directions not in DIRECTIONS:
-            raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
+        self.encode_batch_size = settings.encode_batch or (8 if on_gpu else 1)
+        self.intensity = Intensity.parse(settings.intensity)
+        precision = settings.precision
         self.dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and on_gpu)) else None
-        self.stop_after_empty = int(stop_after_empty)
-        self.settle_slices = int(settle_slices)
-        self.settle_tolerance = float(settle_tolerance)
-        self.engine = engine
-        self.directions = directions
-        self.offload_levels = tuple(int(v) for v in offload_levels)
-        self.use_graphs = bool(cuda_graphs) and on_gpu
-        self.overlap_encoding = bool(overlap_encoding) and on_gpu
+        self.use_graphs = settings.cuda_graphs and on_gpu
+        self.overlap_encoding = settings.overlap_encoding and on_gpu
         self._steps: GraphedSteps | None = None
         self._steps_lock = threading.Lock()  # graphed steps share static buffers: one propagation at a time
         self._make_lock = threading.Lock()
@@ -158,7 +144,7 @@ class Segmenter:
         t0 = time.perf_counter()
         rule = Intensity.parse(intensity) if intensity is not None else self.intensity
         scaled = scale_volume(volume, rule, self.device, self.model.preprocess)
-        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.offload_levels, self.encoder)
+        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.settings.offload_levels, self.encoder)
         if encode:
             with self.autocast():
                 features.ensure()
@@ -189,11 +175,11 @@ class Segmenter:
         per_object = {n: (prev.lowres, prev.scores, prev.ious) for n, prev in enumerate(previous) if n not in states}
         exact = {n: states[n].get("exact", {}) if n in states else previous[n].exact for n in range(len(objects))}
         counts = {"reused": len(objects) - len(todo)}
-        if todo and self.engine == "plain":
+        if todo and self.settings.engine == "plain":
             for n in todo:
                 per_object[n] = self._track_plain(session, objects[n], states[n], memory_policy_factory)
         elif todo:
-            hints = [previous[n] if self.settle_slices else None for n in todo]
+            hints = [previous[n] if self.settings.settle_slices else None for n in todo]
             tracked, stats = self._track_batched(session, [objects[n] for n in todo], [states[n] for n in todo],
                                                  memory_policy_factory, hints)
             per_object.update(zip(todo, tracked))
@@ -211,8 +197,8 @@ class Segmenter:
     def _signature(self, obj: ObjectPrompt, memory_policy_factory) -> tuple:
         """Everything that decides an object's track: its prompts and the settings that shape propagation."""
         clicks = tuple((k, tuple(v)) for k, v in sorted(obj.clicks.items()))
-        return (clicks, obj.box, obj.roi, obj.mask_signature(), repr(memory_policy_factory), self.engine,
-                self.directions, self.stop_after_empty, self.settle_slices, self.settle_tolerance, str(self.dtype))
+        return (clicks, obj.box, obj.roi, obj.mask_signature(), repr(memory_policy_factory), self.settings.engine,
+                self.settings.directions, self.settings.stop_after_empty, self.settings.settle_slices, self.settings.settle_tolerance, str(self.dtype))
 
     # ---------------------------------------------------------------------------------- prompting
 
@@ -287,7 +273,7 @@ class Segmenter:
         start, K = obj.frames[0], session.shape[2]
         outputs = []
         for reverse in (False, True):
-            if reverse and self.directions == "independent":  # a fresh state: the backward pass starts afresh
+            if reverse and self.settings.directions == "independent":  # a fresh state: the backward pass starts afresh
                 with self.autocast():
                     state = self._prompt(session, obj, memory_policy_factory)
             empty_run = 0
@@ -295,7 +281,7 @@ class Segmenter:
                 for k, _, video_res in self.model.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
                     empty_run = 0 if bool((video_res > 0).any()) or k in obj.frames else empty_run + 1
                     prompted_ahead = any(f < k if reverse else f > k for f in obj.frames)
-                    if self.stop_after_empty and empty_run >= self.stop_after_empty and not prompted_ahead:
+                    if self.settings.stop_after_empty and empty_run >= self.settings.stop_after_empty and not prompted_ahead:
                         break
             outputs.append(state["output_dict_per_obj"][0])
         h, w = next(iter(outputs[0]["cond_frame_outputs"].values()))["pred_masks"].shape[-2:]
@@ -336,19 +322,19 @@ class Segmenter:
             start, cond = obj.frames[0], tuple(sorted(conds[n]))
             hint = hints[n] if hints else None
             fwd = Lane(n, False, list(range(start + 1, K)), cond, {}, state.get("memory_policy"), hint)
-            if self.directions == "sequential":  # SAM2's order: backwards sees the forward slices
+            if self.settings.directions == "sequential":  # SAM2's order: backwards sees the forward slices
                 bwd = Lane(n, True, list(range(start - 1, -1, -1)), cond, fwd.tracked, fwd.policy, hint)
             else:
                 policy = memory_policy_factory() if memory_policy_factory else None
                 bwd = Lane(n, True, list(range(start - 1, -1, -1)), cond, {}, policy, hint)
             lanes_fwd.append(fwd)
             lanes_bwd.append(bwd)
-        phases = [lanes_fwd, lanes_bwd] if self.directions == "sequential" else [lanes_fwd + lanes_bwd]
+        phases = [lanes_fwd, lanes_bwd] if self.settings.directions == "sequential" else [lanes_fwd + lanes_bwd]
         # graphed steps share static buffers: one propagation at a time (eager steps share nothing)
         with self._steps_lock if self.use_graphs else contextlib.nullcontext(), self.autocast():
             steps = self._graphed_steps(session, first)
-            tracker = LaneTracker(self.model, steps, session.features, banks, (J, I), self.stop_after_empty,
-                                  self.settle_slices, self.settle_tolerance, overlap_encoding=self.overlap_encoding)
+            tracker = LaneTracker(self.model, steps, session.features, banks, (J, I), self.settings.stop_after_empty,
+                                  self.settings.settle_slices, self.settings.settle_tolerance, overlap_encoding=self.overlap_encoding)
             stats = tracker.run(phases)
         scores = banks.score.cpu().numpy()
         ious = banks.iou.cpu().numpy()

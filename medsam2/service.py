@@ -19,10 +19,11 @@ from pathlib import Path
 
 from .checkpoints import CheckpointError, CheckpointMismatch, ModelSpec, build_model, resolve_spec
 from .encode_ahead import EncodeAhead
-from .encoder_runtime import EncoderChoice, check_choice, choose_encoder
+from .encoder_runtime import EncoderChoice, choose_encoder
 from .machine_choice import cpu_precision
 from .propagation import Segmenter, SegmentationResult, pick_device
 from .sessions import SessionCache
+from .settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -34,32 +35,31 @@ class ModelProvider:
     decided once per machine (machine_choice.py), fp32 elsewhere; the image encoder runs in the
     `encoder_runtime` (encoder_runtime.py)."""
 
-    def __init__(self, checkpoint: str | None, model_config: str | None, image_size: int | None,
-                 model_dir: Path, device: str | None = None, intensity=None, encoder_runtime: str = "torch",
-                 encoder_precision: str = "auto", **segmenter_options):
-        check_choice(encoder_runtime, encoder_precision)
-        self.settings = (checkpoint, model_config, image_size)
-        self.encoder_runtime = (encoder_runtime, encoder_precision)  # encoder_runtime.py
+    def __init__(self, settings: EngineSettings, model_dir: Path):
+        self.settings = settings
         self.encoder: EncoderChoice | None = None  # what encodes for the loaded weights
         self.model_dir = Path(model_dir)
-        self.device = pick_device(device)
-        self.intensity = intensity
-        self.segmenter_options = segmenter_options  # see Segmenter: encode_batch_size, precision, ...
+        self.device = pick_device(settings.device)
         self._lock = threading.Lock()
         self._base: ModelSpec | None = None
         self._segmenter: Segmenter | None = None
         self._version: tuple | None = None
 
     @property
+    def model_choice(self) -> tuple:
+        """(checkpoint, model_config, image_size) as configured: what resolve_spec is given."""
+        return self.settings.checkpoint, self.settings.model_config, self.settings.image_size
+
+    @property
     def finetuned_path(self) -> Path:
-        checkpoint, model_config, image_size = self.settings
+        checkpoint, model_config, image_size = self.model_choice
         slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{Path(str(checkpoint)).stem}__{model_config}__{image_size}")
         return self.model_dir / "finetuned" / f"{slug}.pt"
 
     def base_spec(self) -> ModelSpec:
         """The configured checkpoint, downloaded and verified once (raises CheckpointError)."""
         if self._base is None:
-            self._base = resolve_spec(*self.settings, model_dir=self.model_dir)
+            self._base = resolve_spec(*self.model_choice, model_dir=self.model_dir)
         return self._base
 
     def check_at_startup(self) -> None:
@@ -68,7 +68,7 @@ class ModelProvider:
         A checkpoint not downloaded yet, or unreadable (perhaps being copied into place), is only
         logged: the first click fetches it or says what is wrong (HTTP 503)."""
         try:
-            self._base = resolve_spec(*self.settings, model_dir=self.model_dir, fetch=False)
+            self._base = resolve_spec(*self.model_choice, model_dir=self.model_dir, fetch=False)
         except CheckpointMismatch:
             raise
         except CheckpointError as e:
@@ -95,11 +95,13 @@ class ModelProvider:
             if self._segmenter is None or version != self._version:
                 t0 = time.perf_counter()
                 model = build_model(spec, device=self.device)
-                options = dict(self.segmenter_options)
-                if options.get("precision", "auto") == "auto" and self.device.type == "cpu":
-                    options["precision"] = cpu_precision(model)  # timed once per machine (machine_choice.py)
-                self.encoder = choose_encoder(model, *self.encoder_runtime, model_dir=self.model_dir)
-                self._segmenter = Segmenter(model, intensity=self.intensity, encoder=self.encoder.encoder, **options)
+                settings = self.settings
+                if settings.precision == "auto" and self.device.type == "cpu":
+                    # timed once per machine (machine_choice.py)
+                    settings = settings.replace(precision=cpu_precision(model))
+                self.encoder = choose_encoder(model, settings.encoder_runtime, settings.encoder_precision,
+                                              model_dir=self.model_dir)
+                self._segmenter = Segmenter(model, settings, encoder=self.encoder.encoder)
                 self._version = version
                 logger.info("loaded %s (%s) on %s in %.1fs", spec.checkpoint or "random weights",
                             spec.model_config, self.device, time.perf_counter() - t0)
@@ -125,10 +127,15 @@ class InteractiveSegmenter:
     """The model and the open images of a server. A session is kept per (client, image); `encode_ahead`
     opens and encodes an image before its first click (encode_ahead.py), and that click adopts it."""
 
-    def __init__(self, provider: ModelProvider, cache: SessionCache, encode_ahead: bool = True):
+    def __init__(self, provider: ModelProvider, cache: SessionCache | None = None, encode_ahead: bool | None = None):
+        """`cache` (the open images) and `encode_ahead` default to the provider's settings (cache_mb,
+        cache_entries, encode_ahead); benchmarks and tests set them to compare."""
+        settings = provider.settings
         self.provider = provider
-        self.cache = cache
-        self.ahead = EncodeAhead(cache, self._is_open, enabled=encode_ahead)
+        self.cache = cache if cache is not None else SessionCache(max_bytes=settings.cache_mb << 20,
+                                                                  max_entries=settings.cache_entries)
+        self.ahead = EncodeAhead(self.cache, self._is_open,
+                                 enabled=settings.encode_ahead if encode_ahead is None else encode_ahead)
 
     def _is_open(self, image) -> bool:
         return any(image_of(key) == image for key in self.cache.keys())

@@ -28,7 +28,6 @@ from .memory import frame_confidence, sam2_memory_plan
 from .track_step import INPUT_NAMES, GraphedSteps, StepShape
 
 UNTRACKED = -1e4  # mask logit of a slice no lane reached (as the plain path leaves it)
-DIRECTIONS = ("independent", "sequential")
 
 
 @dataclass

@@ -41,3 +41,13 @@ def test_a_config_that_contradicts_the_checkpoint_stops_the_server_at_start_up(t
     log = str(e.value)
     assert "server exited" in log
     assert "holds a SAM 2.1 Hiera (width 32, stages 1-1-2-1" in log and "--conf model_config sam2.1_hiera_micro" in log
+
+
+def test_an_option_that_makes_no_sense_stops_the_server_with_its_name_and_what_it_accepts(tmp_path):
+    studies = tmp_path / "studies"
+    write_studies(studies, 1, shape=(32, 32, 8), seed=630)
+    with pytest.raises(RuntimeError) as e:
+        start_server(studies, {"checkpoint": "demo", "memory_policy": "lifo", "model_dir": tmp_path / "model"},
+                     tmp_path / "server.log", QUIET)
+    assert "server exited" in str(e.value)
+    assert "--conf memory_policy must be one of self_sorting, fifo; got 'lifo'" in str(e.value)

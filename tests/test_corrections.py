@@ -12,6 +12,7 @@ import torch
 from medsam2.checkpoints import ModelSpec, build_model
 from medsam2.phantoms import make_phantom
 from medsam2.propagation import Segmenter
+from medsam2.settings import EngineSettings
 from medsam2.prompts import parse_objects
 
 FIRST = {"foreground": [[20, 22, 20]]}
@@ -53,7 +54,7 @@ def test_the_same_prompts_again_are_answered_from_the_previous_result(model, vol
 
 
 def test_a_correction_stops_where_the_masks_settle_and_keeps_the_previous_masks_beyond(model, volume):
-    seg = Segmenter(model, settle_slices=3)
+    seg = Segmenter(model, EngineSettings(settle_slices=3))
     session = seg.open(volume)
     first = seg.segment(session, parse_objects(FIRST, volume.shape))
     corrected = seg.segment(session, parse_objects(CORRECTED, volume.shape))
@@ -70,7 +71,7 @@ def test_a_correction_stops_where_the_masks_settle_and_keeps_the_previous_masks_
 
 
 def test_a_correction_on_another_slice_is_propagated_at_least_to_that_slice(model, volume):
-    seg = Segmenter(model, settle_slices=3)
+    seg = Segmenter(model, EngineSettings(settle_slices=3))
     session = seg.open(volume)
     seg.segment(session, parse_objects(FIRST, volume.shape))
     added = {"foreground": [[20, 22, 20], [22, 22, 32]]}
@@ -83,7 +84,7 @@ def test_a_correction_on_another_slice_is_propagated_at_least_to_that_slice(mode
 
 
 def test_without_settling_a_correction_is_propagated_to_both_ends(model, volume):
-    seg = Segmenter(model, settle_slices=0)
+    seg = Segmenter(model, EngineSettings(settle_slices=0))
     session = seg.open(volume)
     seg.segment(session, parse_objects(FIRST, volume.shape))
     corrected = seg.segment(session, parse_objects(CORRECTED, volume.shape))

@@ -15,6 +15,7 @@ from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 from medsam2.prompts import parse_objects
 from medsam2.service import InteractiveSegmenter, ModelProvider
 from medsam2.sessions import SessionCache
+from medsam2.settings import EngineSettings
 
 from conftest import DEMO_CONFIG, REPO
 
@@ -23,7 +24,7 @@ SHAPE = (64, 64, 16)
 
 @pytest.fixture(scope="module")
 def provider():
-    return ModelProvider("demo", DEMO_CONFIG, None, REPO / "model")
+    return ModelProvider(EngineSettings(checkpoint="demo", model_config=DEMO_CONFIG, encoder_runtime="torch"), REPO / "model")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from medsam2.clicks import interior_point
 from medsam2.encoder_runtime import choose_encoder, weights_digest
 from medsam2.phantoms import PHANTOM_LABELS, SAMPLE_SHAPE, make_phantom
 from medsam2.propagation import Segmenter
+from medsam2.settings import EngineSettings
 from medsam2.prompts import parse_objects
 
 from conftest import DEMO_CONFIG, SAMPLE_PHANTOM, start_server, stop_server
@@ -42,7 +43,7 @@ def case():
 
 def segment(model, encoder, case, precision="fp32"):
     image, objects = case
-    seg = Segmenter(model, encoder=encoder, precision=precision)
+    seg = Segmenter(model, EngineSettings(precision=precision), encoder=encoder)
     return seg.segment(seg.open(image), objects).label == 1
 
 

@@ -8,6 +8,7 @@ from medsam2.clicks import interior_point, largest_slice
 from medsam2.demo_model import DEMO_CONFIG
 from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 from medsam2.propagation import Segmenter
+from medsam2.settings import EngineSettings
 from medsam2.prompts import ObjectPrompt, parse_objects
 
 
@@ -117,17 +118,14 @@ def test_a_background_click_on_another_slice_corrects_the_tracked_mask_and_does_
     case = make_twins(seed=TWINS_SEED)
     twin, other = case.label == 1, case.label == 2
     i, j, k = twin_click(case.label, 1)
+    segmenter = Segmenter(segmenter.model, EngineSettings(engine=engine))
     session = segmenter.open(case.image)
-    segmenter.engine = engine
-    try:
-        first = segmenter.segment(session, [ObjectPrompt(label="t", clicks={k: [(i + 0.5, j + 0.5, 1)]})]).label > 0
-        # "not that one": a background click in the other twin, 3 slices on
-        c = k + 3
-        x, y = interior_point(other[:, :, c].T)
-        obj = ObjectPrompt(label="t", clicks={k: [(i + 0.5, j + 0.5, 1)], c: [(x + 0.5, y + 0.5, 0)]})
-        corrected = segmenter.segment(session, [obj]).label > 0
-    finally:
-        segmenter.engine = "batched"
+    first = segmenter.segment(session, [ObjectPrompt(label="t", clicks={k: [(i + 0.5, j + 0.5, 1)]})]).label > 0
+    # "not that one": a background click in the other twin, 3 slices on
+    c = k + 3
+    x, y = interior_point(other[:, :, c].T)
+    obj = ObjectPrompt(label="t", clicks={k: [(i + 0.5, j + 0.5, 1)], c: [(x + 0.5, y + 0.5, 0)]})
+    corrected = segmenter.segment(session, [obj]).label > 0
     assert dice(first, twin) > 0.9
     assert dice(corrected[:, :, c], twin[:, :, c]) > 0.9  # the corrected slice keeps the twin
     assert dice(corrected, twin) > 0.9

@@ -33,6 +33,7 @@ import bad_files
 from conftest import start_server, stop_server, wait_for_task
 from medsam2.phantoms import make_phantom, write_studies
 from medsam2.service import ModelProvider
+from medsam2.settings import EngineSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +145,7 @@ def test_failed_training_runs_leave_the_served_checkpoint_intact(tmp_path, rando
     studies = tmp_path / "studies"
     write_studies(studies, 1, shape=(32, 32, 8), seed=630, with_labels=1)  # one labelled image: no validation set
     model_dir = tmp_path / "model"
-    served = ModelProvider(str(random_checkpoint), MICRO, None, model_dir).finetuned_path
+    served = ModelProvider(EngineSettings(checkpoint=str(random_checkpoint), model_config=MICRO), model_dir).finetuned_path
     served.parent.mkdir(parents=True)
     shutil.copy(random_checkpoint, served)  # weights an earlier run published: the ones being served
     before = digest(served)

@@ -12,6 +12,7 @@ from medsam2.memory_phantoms import make_twins
 from medsam2.painted import labelmap_prompt
 from medsam2.phantoms import SAMPLE_SHAPE, make_phantom
 from medsam2.propagation import Segmenter
+from medsam2.settings import EngineSettings
 from medsam2.prompts import ObjectPrompt
 
 from tests.conftest import TWINS_SEED
@@ -41,11 +42,8 @@ def middle_slice(truth):
 def test_a_painted_slice_comes_back_as_painted_and_the_structure_is_followed_both_ways(segmenter, sample, engine):
     truth = sample.label == 1  # the organ
     k = middle_slice(truth)
-    segmenter.engine = engine
-    try:
-        result = segmenter.segment(segmenter.open(sample.image), [ObjectPrompt("organ", masks={k: truth[:, :, k].T})])
-    finally:
-        segmenter.engine = "batched"
+    segmenter = Segmenter(segmenter.model, EngineSettings(engine=engine))
+    result = segmenter.segment(segmenter.open(sample.image), [ObjectPrompt("organ", masks={k: truth[:, :, k].T})])
     pred = result.label == 1
     assert np.array_equal(pred[:, :, k], truth[:, :, k])
     assert dice(pred[:, :, :k], truth[:, :, :k]) > 0.85 and dice(pred[:, :, k + 1:], truth[:, :, k + 1:]) > 0.85

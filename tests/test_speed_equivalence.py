@@ -43,6 +43,7 @@ from medsam2.frames import frames_from_scaled, scale_volume  # noqa: E402
 from medsam2.memory import SelfSortingPolicy  # noqa: E402
 from medsam2.phantoms import PHANTOM_LABELS, make_phantom  # noqa: E402
 from medsam2.propagation import Segmenter  # noqa: E402
+from medsam2.settings import EngineSettings
 from medsam2.prompts import parse_objects  # noqa: E402
 
 MIN_DICE = 0.98
@@ -74,7 +75,7 @@ def test_engine_gives_the_masks_of_the_stock_sam2_video_predictor(random_model, 
     objects = parse_objects({"foreground": [fg], "background": [bg]}, volume.shape)
     points, labels, _ = objects[0].frame_inputs(k)
 
-    segmenter = Segmenter(random_model, directions=directions)
+    segmenter = Segmenter(random_model, EngineSettings(directions=directions))
     ours = segmenter.segment(segmenter.open(volume), objects).label == 1
 
     stock = build_stock_predictor("sam2.1_hiera_micro", None, random_checkpoint, "cpu")
@@ -113,8 +114,8 @@ def test_batched_tracker_gives_the_masks_of_the_plain_path(random_model, one_thr
     params, policy, directions = BATCHED_CASES[case]
     volume = make_phantom((48, 48, 40), seed=3).image
     objects = parse_objects(params, volume.shape, PHANTOM_LABELS)
-    plain = Segmenter(random_model, engine="plain", directions=directions)
-    batched = Segmenter(random_model, engine="batched", directions=directions)
+    plain = Segmenter(random_model, EngineSettings(engine="plain", directions=directions))
+    batched = Segmenter(random_model, EngineSettings(engine="batched", directions=directions))
     a = plain.segment(plain.open(volume), objects, policy)
     b = batched.segment(batched.open(volume), objects, policy)
     assert (a.label > 0).sum() > 100 and (a.label == 0).sum() > 100, "a trivial mask would prove nothing"
@@ -141,11 +142,11 @@ def test_stopping_after_empty_slices_skips_their_encoding_and_matches_the_plain_
     model = build_model(ModelSpec(DEMO_CONFIG, checkpoint=trained_checkpoint))
     results, encoded = {}, {}
     for engine in ("plain", "batched"):
-        seg = Segmenter(model, engine=engine, stop_after_empty=2)
+        seg = Segmenter(model, EngineSettings(engine=engine, stop_after_empty=2))
         session = seg.open(volume)
         results[engine] = seg.segment(session, objects)
         encoded[engine] = int(session.features.encoded.sum())
-    full = Segmenter(model, stop_after_empty=0)
+    full = Segmenter(model, EngineSettings(stop_after_empty=0))
     whole = full.segment(full.open(volume), objects)
     assert results["plain"].objects[0].slices == results["batched"].objects[0].slices == whole.objects[0].slices
     assert np.array_equal(results["plain"].label, results["batched"].label)
@@ -176,7 +177,7 @@ def test_both_paths_give_the_self_sorting_bank_the_same_slices_to_choose_from(ra
             policies.append(RecordingPolicy())
             return policies[-1]
 
-        seg = Segmenter(random_model, engine=engine)
+        seg = Segmenter(random_model, EngineSettings(engine=engine))
         seg.segment(seg.open(volume), objects, factory)
         choices[engine] = {key: chosen for p in policies for key, chosen in p.choices.items()}
     assert choices["plain"] == choices["batched"]

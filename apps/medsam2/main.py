@@ -1,7 +1,7 @@
 """MONAI Label app serving MedSAM-2: wires the configs in lib/configs into tasks, nothing more.
 
 Start it with:  monailabel start_server --app apps/medsam2 --studies <folder or DICOMweb URL>
-Options (--conf NAME VALUE) are listed in lib/configs/medsam2.py; the README explains them.
+Options (--conf NAME VALUE) are read once into ServerSettings (medsam2/settings.py; docs/options.md).
 """
 
 import logging
@@ -22,20 +22,20 @@ from monailabel.tasks.activelearning.random import Random
 from lib import auth, dicom_proxy, dicomweb, encode_ahead, http_errors, infer_route, ohif_viewer
 from lib.datastore import CheckedLocalDatastore
 from lib.image_ids import check_image_id
-from lib.image_size import max_voxels
 from lib.params import flag
 from lib.configs import MedSam2Config
+from medsam2.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 
 class MedSam2App(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
-        default_model_dir = os.path.normpath(os.path.join(app_dir, "..", "..", "model"))
-        self.model_dir = conf.get("model_dir", default_model_dir)
+        self.settings = ServerSettings.from_conf(conf)  # every --conf option, checked (a bad one stops here)
+        self.model_dir = self.settings.model_dir or os.path.normpath(os.path.join(app_dir, "..", "..", "model"))
         self.models = {"medsam2": MedSam2Config()}
         for name, config in self.models.items():
-            config.init(name, self.model_dir, conf, None)
+            config.init(name, self.model_dir, conf, None, settings=self.settings)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -48,15 +48,14 @@ class MedSam2App(MONAILabelApp):
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
-        return CheckedLocalDatastore(self.studies, max_voxels=max_voxels(self.conf),
+        return CheckedLocalDatastore(self.studies, max_voxels=self.settings.max_voxels,
                                      extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
                                      auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
                                      read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def init_remote_datastore(self):
-        modalities = str(self.conf.get("dicomweb_modalities", ",".join(dicomweb.DEFAULT_MODALITIES)))
         return dicomweb.with_seg_writer(super().init_remote_datastore(), self.app_dir,
-                                        [m.strip().upper() for m in modalities.split(",") if m.strip()])
+                                        list(self.settings.dicomweb_modalities))
 
     def _download_dcmqi_tools(self):
         # MONAI Label would download dcmqi from GitHub here (no internet: no server); see lib/dicomweb.py
@@ -114,7 +113,7 @@ class MedSam2App(MONAILabelApp):
         http_errors.install(fastapi_app)
         auth.install(fastapi_app)
         limits = {name: 1 for name in self._infers}  # others: one at a time, as MONAI Label runs them
-        limits.update({name: config.infer_concurrency for name, config in self.models.items()})
+        limits.update({name: config.settings.infer_concurrency for name, config in self.models.items()})
         infer_route.install(fastapi_app, limits)
         dicom_proxy.install(fastapi_app, self.studies, on_get=encode_ahead.series_seen)
         encode_ahead.install(fastapi_app)

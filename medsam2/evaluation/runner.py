@@ -23,12 +23,10 @@ from .protocols import Protocol, simulate
 
 
 def memory_policies() -> dict:
-    """Policy name -> factory (None = SAM2's own fifo rule); medsam2.memory.POLICIES when it exists."""
-    try:
-        from ..memory import POLICIES
-    except ImportError:
-        return {"fifo": None}
-    return {"fifo": None, **dict(POLICIES)}
+    """Policy name -> factory (None = SAM2's own fifo rule), at the server's default capacity."""
+    from ..memory import policy_factories
+
+    return policy_factories()
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from ..clicks import interior_point, largest_slice
 from ..frames import Preprocess
 from ..postprocess import Postprocess
 from ..propagation import Segmenter, pick_device
+from ..settings import EngineSettings
 from ..prompts import ObjectPrompt
 from .clips import Augment, ClipSampler, LabelledVolume, ReplaySampler
 from .objective import ClipObjective, LossWeights
@@ -138,7 +139,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 def one_click_dice(model, volumes: list[tuple[np.ndarray, np.ndarray]], intensity=None) -> float:
     """Mean Dice over every structure of every volume, one click each, through the engine."""
-    seg = Segmenter(model, intensity=intensity)
+    seg = Segmenter(model, EngineSettings(intensity=intensity or "auto"))
     was_training = model.training
     model.eval()
     scores = []

@@ -32,11 +32,12 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastore import check_name
 from lib.params import label_name
+from medsam2.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 DCMQI_TOOL = "itkimage2segimage"
-DEFAULT_MODALITIES = ("CT", "MR", "PT")  # --conf dicomweb_modalities
+DEFAULT_MODALITIES = ServerSettings.__dataclass_fields__["dicomweb_modalities"].default  # --conf dicomweb_modalities
 
 
 def dcmqi_available(app_dir: str) -> bool:

@@ -14,14 +14,10 @@ import os
 
 from fastapi import HTTPException
 
-DEFAULT_MAX_VOXELS = 1024 * 1024 * 2000
+from medsam2.settings import ServerSettings
+
+DEFAULT_MAX_VOXELS = ServerSettings.__dataclass_fields__["max_voxels"].default  # --conf max_voxels
 UPLOAD = "the uploaded file"  # how messages name a file the client sent (its temporary path means nothing)
-
-
-def max_voxels(conf: dict) -> int:
-    """`--conf max_voxels` (a number, or a product such as 512*512*1000)."""
-    value = str(conf.get("max_voxels") or DEFAULT_MAX_VOXELS)
-    return math.prod(int(n) for n in value.replace("x", "*").split("*"))
 
 
 def header_shape(path: str) -> tuple[int, ...]:

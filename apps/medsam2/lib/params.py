@@ -15,8 +15,10 @@ import unicodedata
 
 from fastapi import HTTPException
 
+from medsam2.settings import ServerSettings
+
 MAX_LABEL_LENGTH = 64
-DEFAULT_MAX_CLICKS = 1000
+DEFAULT_MAX_CLICKS = ServerSettings.__dataclass_fields__["max_clicks"].default  # --conf max_clicks
 
 
 def flag(value) -> bool:

@@ -18,40 +18,40 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from lib.image_size import DEFAULT_MAX_VOXELS
 from lib.infers.image_io import image_identity, image_path_or_404, load_volume, result_format, write_label
 from lib.infers.out_of_memory import answer_out_of_memory
-from lib.params import DEFAULT_MAX_CLICKS, check_click_count, check_label_names, optional_flag
+from lib.params import check_click_count, check_label_names, optional_flag
 
 from medsam2.checkpoints import CheckpointError
 from medsam2.frames import Intensity
+from medsam2.memory import policy_factories
 from medsam2.prompts import ObjectPrompt, PromptError, parse_objects
 from medsam2.service import InteractiveSegmenter
+from medsam2.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 
 class MedSam2InferTask(InferTask):
-    def __init__(self, engine: InteractiveSegmenter, labels: dict[str, int], memory_policy: str = "self_sorting",
-                 intensity: str = "auto", policies: dict | None = None, description: str | None = None,
-                 max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS,
-                 type: InferType = InferType.DEEPGROW, largest_component: str = "auto"):
+    def __init__(self, engine: InteractiveSegmenter, settings: ServerSettings, description: str | None = None,
+                 type: InferType = InferType.DEEPGROW):
+        defaults = settings.engine
         super().__init__(
             type=type,
-            labels=labels,
+            labels=settings.labels,
             dimension=3,
             description=description or "MedSAM-2: click or box on one slice, propagated through the volume",
+            # the request parameters a client may set, with the server's defaults (docs/requests.md).
             # save_label: store each answer as the image's label (OHIF's panel shows it under Options; its
             # MONAI Label mode has no other way to save a label: docs/deployment.md, "OHIF")
-            # largest_component: keep each structure's largest 3D piece (auto: as the checkpoint's reference does)
-            config={"memory_policy": memory_policy, "intensity": intensity, "reset_state": False, "save_label": False,
-                    "largest_component": largest_component},
+            config={"memory_policy": defaults.memory_policy, "intensity": defaults.intensity, "reset_state": False,
+                    "save_label": False, "largest_component": defaults.largest_component},
         )
         self.engine = engine
-        self.label_values = dict(labels)
-        self.policies = policies or {}
-        self.max_voxels = max_voxels
-        self.max_clicks = max_clicks
+        self.label_values = dict(settings.labels)
+        self.policies = policy_factories(defaults.memory_capacity)
+        self.max_voxels = settings.max_voxels
+        self.max_clicks = settings.max_clicks
 
     def is_valid(self) -> bool:
         return True

@@ -16,19 +16,19 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from lib.image_size import DEFAULT_MAX_VOXELS
 from lib.infers.image_io import image_path_or_404, read_image, result_format, write_label
 from lib.infers.out_of_memory import answer_out_of_memory
-from lib.params import DEFAULT_MAX_CLICKS, check_click_count, flag
+from lib.params import check_click_count, flag
 from medsam2.checkpoints import CheckpointError
 from medsam2.oneprompt import BankError, BankStore, OnePromptSegmenter, check_label
 from medsam2.prompts import PromptError, object_from_params
 from medsam2.service import ModelProvider
+from medsam2.settings import ServerSettings
 
 
 class OnePromptInferTask(InferTask):
-    def __init__(self, provider: ModelProvider, store: BankStore, labels: dict[str, int],
-                 max_voxels: int = DEFAULT_MAX_VOXELS, max_clicks: int = DEFAULT_MAX_CLICKS):
+    def __init__(self, provider: ModelProvider, store: BankStore, settings: ServerSettings):
+        labels = settings.labels
         default_label = next(iter(labels), "object")
         super().__init__(
             type=InferType.DEEPGROW,
@@ -39,8 +39,8 @@ class OnePromptInferTask(InferTask):
         )
         self.provider = provider
         self.store = store
-        self.max_voxels = max_voxels
-        self.max_clicks = max_clicks
+        self.max_voxels = settings.max_voxels
+        self.max_clicks = settings.max_clicks
 
     def is_valid(self) -> bool:
         return True

@@ -64,7 +64,7 @@ def worker_engine(job: dict, path: str) -> dict:
     import torch
 
     from medsam2.prompts import parse_objects
-    from medsam2.service import InteractiveSegmenter, ModelProvider
+    from medsam2.service import ImageFile, InteractiveSegmenter, ModelProvider
     from medsam2.sessions import SessionCache
     from medsam2.settings import EngineSettings
 
@@ -84,13 +84,13 @@ def worker_engine(job: dict, path: str) -> dict:
     def click(engine, client, objects):
         t = time.perf_counter()
         with engine.ahead.inference():
-            seg, session, cached = engine.open((client, "volume", 1), lambda: (volume, header))
+            seg, session, cached = engine.open(client, ImageFile("volume", 1), lambda: (volume, header))
             result, stats = engine.run(seg, session, objects, None, cached)
         return time.perf_counter() - t, result, stats
 
     warm = InteractiveSegmenter(provider, SessionCache())  # untimed: first calls of every kernel
     small = volume[:, :, : min(8, volume.shape[2])]
-    seg, session, _ = warm.open(("warm", "small", 1), lambda: (small, header))
+    seg, session, _ = warm.open("warm", ImageFile("small", 1), lambda: (small, header))
     warm.run(seg, session, parse_objects({"foreground": [[s // 2 for s in small.shape]]}, small.shape))
     del warm, seg, session
 
@@ -100,7 +100,7 @@ def worker_engine(job: dict, path: str) -> dict:
     del engine
 
     engine = InteractiveSegmenter(provider, SessionCache())
-    job_ahead = engine.encode_ahead("user", "volume", lambda: ("volume", 1, lambda: (volume, header)))
+    job_ahead = engine.encode_ahead("user", "volume", lambda: (ImageFile("volume", 1), lambda: (volume, header)))
     time.sleep(job["look_s"])  # the user looks at the image
     encoded_at_click = job_ahead.encoded
     opened_s, result_a, stats_a = click(engine, "a", first)

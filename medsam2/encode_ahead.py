@@ -62,10 +62,10 @@ class Job:
 
     user: str
     name: str  # the image as the client named it (an image id)
-    locate: Callable[[], Hashable]  # -> the image as cache keys name it (path, mtime, ...); in the worker
+    locate: Callable[[], Hashable]  # -> the image as cache keys name it (service.OpenedImage); in the worker
     open: Callable[[Hashable], tuple]  # image -> (session, segmenter, cache key); in the worker
     image: Hashable = None  # what locate() returned
-    key: Hashable = None  # the cache key its session is stored under, until a click adopts it
+    key: Hashable = None  # the cache key its session is stored under (service.SessionKey), until a click adopts it
     cancelled: threading.Event = field(default_factory=threading.Event)
     opened: threading.Event = field(default_factory=threading.Event)  # set when opened, or ended
     session: object = None

@@ -60,6 +60,7 @@ class VolumeSession:
     features: FrameFeatures
     opened_s: float = 0.0
     header: object = None  # whatever the caller needs to write results (e.g. the image's geometry)
+    model_version: str | None = None  # the weights it was encoded with (service.version_id), reported
     tracks: dict[str, ObjectTrack] = field(default_factory=dict)
     paint: dict[str, object] = field(default_factory=dict)  # label -> painted.PaintHistory (painted prompts)
     encoded_ahead: bool = False  # opened and encoded before its first click (encode_ahead.py), not yet clicked

@@ -10,6 +10,7 @@ while the same model version serves the same image.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import hashlib
 import logging
 import re
@@ -114,13 +115,30 @@ def version_id(version: tuple) -> str:
     return hashlib.sha256(repr(version).encode()).hexdigest()[:12]
 
 
-AHEAD = "encode-ahead"  # the client part of the cache key of a session encoded ahead of its first click
+AHEAD = "encode-ahead"  # the client of a session encoded ahead of its first click ("encode-ahead:<user>")
 
 
-def image_of(cache_key) -> tuple:
-    """The image a session cache key names, whoever opened it: (path, mtime, intensity)."""
-    (_, path, mtime), _, intensity = cache_key
-    return (path, mtime, intensity)
+@dataclass(frozen=True)
+class ImageFile:
+    """An image as a file: a file written again (another mtime) is another image."""
+    path: str
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """What a session holds, whoever opened it: an image file, scaled with an intensity rule."""
+    file: ImageFile
+    intensity: str
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """Whose session of which image under which weights (the session cache's key): a client's clicks on
+    an image reuse its encoded slices until other weights are served."""
+    client: str  # the request's client_id, or AHEAD:<user> while encoded ahead of a first click
+    image: OpenedImage
+    model_version: tuple  # ModelProvider.get()'s version
 
 
 class InteractiveSegmenter:
@@ -137,8 +155,8 @@ class InteractiveSegmenter:
         self.ahead = EncodeAhead(self.cache, self._is_open,
                                  enabled=settings.encode_ahead if encode_ahead is None else encode_ahead)
 
-    def _is_open(self, image) -> bool:
-        return any(image_of(key) == image for key in self.cache.keys())
+    def _is_open(self, image: OpenedImage) -> bool:
+        return any(key.image == image for key in self.cache.keys())
 
     def _opener(self, segmenter, version, load, intensity):
         def opener():
@@ -150,14 +168,14 @@ class InteractiveSegmenter:
             return session
         return opener
 
-    def open(self, session_key, load, intensity=None):
-        """(segmenter, session, cached) for `session_key` = (client, image path, mtime); on a cache miss
-        the image's session encoded ahead is adopted if there is one, else `load()` gives (volume,
-        header) and the header (geometry for writing the result) is kept with the session."""
+    def open(self, client: str, file: ImageFile, load, intensity=None):
+        """(segmenter, session, cached) for `client`'s session of `file`; on a cache miss the image's
+        session encoded ahead is adopted if there is one, else `load()` gives (volume, header) and the
+        header (geometry for writing the result) is kept with the session."""
         segmenter, version = self.provider.get()
-        key = (session_key, version, str(intensity))
+        key = SessionKey(client, OpenedImage(file, str(intensity)), version)
         if self.cache.get(key) is None:
-            claimed = self.ahead.claim(image_of(key), accept=lambda ahead_key: ahead_key[1] == version)
+            claimed = self.ahead.claim(key.image, accept=lambda ahead_key: ahead_key.model_version == version)
             if claimed is not None and self.cache.rekey(claimed[1], key):
                 claimed[0].encoded_ahead = True
         session, cached = self.cache.get_or_open(key, self._opener(segmenter, version, load, intensity))
@@ -165,20 +183,19 @@ class InteractiveSegmenter:
 
     def encode_ahead(self, user: str, name: str, locate, intensity=None):
         """Open and encode image `name` for `user` in the background before their first click on it.
-        `locate()` -> (path, mtime_ns, load), load() -> (volume, header), all run in the worker. None
-        when nothing was started (EncodeAhead.request)."""
+        `locate()` -> (ImageFile, load), load() -> (volume, header), all run in the worker. None when
+        nothing was started (EncodeAhead.request)."""
         loaders = {}
 
-        def image():
-            path, mtime_ns, load = locate()
-            loaders[(path, mtime_ns)] = load
-            return (path, mtime_ns, str(intensity))
+        def image() -> OpenedImage:
+            file, load = locate()
+            loaders[file] = load
+            return OpenedImage(file, str(intensity))
 
-        def open_ahead(image):
-            path, mtime_ns, _ = image
+        def open_ahead(image: OpenedImage):
             segmenter, version = self.provider.get()
-            key = ((f"{AHEAD}:{user}", path, mtime_ns), version, str(intensity))
-            return self._opener(segmenter, version, loaders[(path, mtime_ns)], intensity)(), segmenter, key
+            key = SessionKey(f"{AHEAD}:{user}", image, version)
+            return self._opener(segmenter, version, loaders[image.file], intensity)(), segmenter, key
 
         return self.ahead.request(user, name, image, open_ahead)
 
@@ -207,7 +224,7 @@ class InteractiveSegmenter:
             "tracked_slices": result.timings.get("slices"),
             "reused_objects": result.timings.get("reused", 0),
             "settled_slices": result.timings.get("settled", 0),
-            "model_version": getattr(session, "model_version", None),
+            "model_version": session.model_version,
             "postprocess": {"fill_hole_area": segmenter.model.postprocess.fill_hole_area,
                             "largest_component": segmenter.model.postprocess.largest_component
                             if largest_component is None else largest_component},

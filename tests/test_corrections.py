@@ -14,6 +14,7 @@ from medsam2.phantoms import make_phantom
 from medsam2.propagation import Segmenter
 from medsam2.settings import EngineSettings
 from medsam2.prompts import parse_objects
+from medsam2.evaluation.metrics import dice
 
 FIRST = {"foreground": [[20, 22, 20]]}
 CORRECTED = {"foreground": [[20, 22, 20]], "background": [[2, 2, 20]]}
@@ -35,10 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def dice(a, b):
-    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 def test_the_same_prompts_again_are_answered_from_the_previous_result(model, volume):

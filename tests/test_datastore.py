@@ -1,4 +1,4 @@
-"""The app's datastore (apps/medsam2/lib/datastore.py) without the server: what other processes write
+"""The app's datastore (apps/medsam2/lib/monailabel_patches/datastore.py) without the server: what other processes write
 reaches the server's view of it.
 
 MONAI Label runs scoring and training in subprocesses that write `datastore_v2.json` themselves (a
@@ -20,12 +20,12 @@ import numpy as np
 APP = Path(__file__).resolve().parent.parent / "apps" / "medsam2"
 sys.path.insert(0, str(APP))
 
-from lib.datastore import CheckedLocalDatastore  # noqa: E402
+from lib.monailabel_patches.datastore import CheckedLocalDatastore  # noqa: E402
 
 WRITER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from lib.datastore import CheckedLocalDatastore
+from lib.monailabel_patches.datastore import CheckedLocalDatastore
 CheckedLocalDatastore(sys.argv[2], auto_reload=False).update_image_info("a", {"medsam2_confidence": 0.25})
 """
 

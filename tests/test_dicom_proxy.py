@@ -7,8 +7,8 @@ import pytest
 from fastapi import HTTPException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "apps" / "medsam2"))
-from lib.dicom_proxy import target_url  # noqa: E402
-from lib.ohif_viewer import viewer_dir, viewer_file  # noqa: E402
+from lib.monailabel_patches.dicom_proxy import target_url  # noqa: E402
+from lib.monailabel_patches.ohif_viewer import viewer_dir, viewer_file  # noqa: E402
 
 BASE = "http://127.0.0.1:8042/dicom-web"
 

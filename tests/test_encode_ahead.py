@@ -13,7 +13,7 @@ from medsam2.clicks import interior_point
 from medsam2.encode_ahead import centre_out, features_nbytes_bound
 from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 from medsam2.prompts import parse_objects
-from medsam2.service import InteractiveSegmenter, ModelProvider
+from medsam2.service import ImageFile, InteractiveSegmenter, ModelProvider
 from medsam2.sessions import SessionCache
 from medsam2.settings import EngineSettings
 
@@ -40,7 +40,7 @@ def ahead(engine, user, name, volumes, delay=0.0):
     """Ask the engine to encode image `name` for `user`, as the app does when a client fetches it."""
     def locate():
         time.sleep(delay)
-        return (f"/images/{name}", 1, lambda: (volumes[name].image, {"affine": np.eye(4)}))
+        return ImageFile(f"/images/{name}", 1), lambda: (volumes[name].image, {"affine": np.eye(4)})
     return engine.encode_ahead(user, name, locate)
 
 
@@ -52,14 +52,14 @@ def click(engine, client, name, volumes):
     k = int(slices[len(slices) // 2])
     i, j = interior_point(truth[:, :, k].T)
     with engine.ahead.inference():
-        segmenter, session, cached = engine.open((client, f"/images/{name}", 1),
+        segmenter, session, cached = engine.open(client, ImageFile(f"/images/{name}", 1),
                                                  lambda: (case.image, {"affine": np.eye(4)}))
         objects = parse_objects({"foreground": [[i, j, k]]}, session.shape)
         return engine.run(segmenter, session, objects, None, cached)
 
 
 def ahead_sessions(engine):
-    return [key for key in engine.cache.keys() if key[0][0].startswith("encode-ahead")]
+    return [key for key in engine.cache.keys() if key.client.startswith("encode-ahead")]
 
 
 def test_centre_out_visits_every_slice_once_from_the_middle():
@@ -137,7 +137,7 @@ def test_a_users_next_image_cancels_the_previous_one_and_drops_it(provider, volu
     assert ahead(engine, "u", "b", volumes) is None  # the same image again: nothing new
     assert engine.ahead.wait_idle(120)
     assert first.ended == "cancelled" and first.encoded < SHAPE[2] and second.ended == "done"
-    assert [key[0][1] for key in ahead_sessions(engine)] == ["/images/b"]  # one image ahead per user
+    assert [key.image.file.path for key in ahead_sessions(engine)] == ["/images/b"]  # one image ahead per user
 
 
 def test_two_users_are_one_image_ahead_each_and_share_an_image_they_both_open(provider, volumes):
@@ -146,7 +146,7 @@ def test_two_users_are_one_image_ahead_each_and_share_an_image_they_both_open(pr
     b = ahead(engine, "u2", "b", volumes)
     assert ahead(engine, "u3", "a", volumes) is None  # u1's job encodes it: the first click adopts that
     assert engine.ahead.wait_idle(120) and a.ended == b.ended == "done"
-    assert sorted(key[0][1] for key in ahead_sessions(engine)) == ["/images/a", "/images/b"]
+    assert sorted(key.image.file.path for key in ahead_sessions(engine)) == ["/images/a", "/images/b"]
 
 
 def test_an_open_image_is_not_encoded_again(provider, volumes):
@@ -206,7 +206,7 @@ def test_a_click_waits_for_the_image_being_fetched_ahead(provider, volumes):
     def locate():  # a DICOMweb series being downloaded
         fetching.set()
         time.sleep(1.0)
-        return ("/images/a", 1, lambda: (volumes["a"].image, {"affine": np.eye(4)}))
+        return ImageFile("/images/a", 1), lambda: (volumes["a"].image, {"affine": np.eye(4)})
     job = engine.encode_ahead("u", "a", locate)
     assert fetching.wait(30)
     t0 = time.perf_counter()

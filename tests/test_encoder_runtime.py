@@ -17,6 +17,7 @@ from medsam2.phantoms import PHANTOM_LABELS, SAMPLE_SHAPE, make_phantom
 from medsam2.propagation import Segmenter
 from medsam2.settings import EngineSettings
 from medsam2.prompts import parse_objects
+from medsam2.evaluation.metrics import dice
 
 from conftest import DEMO_CONFIG, SAMPLE_PHANTOM, start_server, stop_server
 
@@ -50,10 +51,6 @@ def segment(model, encoder, case, precision="fp32"):
 @pytest.fixture(scope="module")
 def reference(model, case):
     return segment(model, None, case)
-
-
-def dice(a, b):
-    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 @pytest.mark.parametrize("runtime, precision, model_precision, tolerance", [

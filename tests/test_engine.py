@@ -10,6 +10,7 @@ from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 from medsam2.propagation import Segmenter
 from medsam2.settings import EngineSettings
 from medsam2.prompts import ObjectPrompt, parse_objects
+from medsam2.evaluation.metrics import dice
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,6 @@ def click_on(truth):
     k = largest_slice(truth)
     x, y = interior_point(truth[:, :, k].T)
     return [x, y, k]
-
-
-def dice(a, b):
-    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 def middle_click(truth):

@@ -14,6 +14,7 @@ from medsam2.phantoms import SAMPLE_SHAPE, make_phantom
 from medsam2.propagation import Segmenter
 from medsam2.settings import EngineSettings
 from medsam2.prompts import ObjectPrompt
+from medsam2.evaluation.metrics import dice
 
 from tests.conftest import TWINS_SEED
 
@@ -27,10 +28,6 @@ def segmenter(trained_checkpoint):
 def sample():
     """The bundled sample's phantom_000 (128 x 128 x 48), opened once."""
     return make_phantom(SAMPLE_SHAPE, seed=0)
-
-
-def dice(a, b):
-    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 def middle_slice(truth):

@@ -16,6 +16,7 @@ import requests
 from monailabel.client import MONAILabelClient
 
 from medsam2.phantoms import SAMPLE_SHAPE, make_phantom
+from medsam2.evaluation.metrics import dice
 from conftest import SAMPLE_PHANTOM
 
 pytestmark = pytest.mark.e2e
@@ -38,10 +39,6 @@ def affine(server):
 def middle_slice(mask):
     ks = np.nonzero(mask.any(axis=(0, 1)))[0]
     return int(ks[len(ks) // 2])
-
-
-def dice(a, b):
-    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
 def slicer_update(server, tmp_path, labelmap, affine, selected="organ", info=INFO, name="scribbles.nii.gz"):

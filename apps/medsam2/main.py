@@ -9,7 +9,6 @@ import os
 from typing import Dict
 
 import monailabel
-from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -19,8 +18,9 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import auth, dicom_proxy, dicomweb, encode_ahead, http_errors, infer_route, ohif_viewer
-from lib.datastore import CheckedLocalDatastore
+from lib import encode_ahead, monailabel_patches
+from lib.monailabel_patches import dicom_proxy, ohif_viewer
+from lib.monailabel_patches.app import PatchedApp
 from lib.image_ids import check_image_id
 from lib.params import flag
 from lib.configs import MedSam2Config
@@ -29,8 +29,9 @@ from medsam2.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 
-class MedSam2App(MONAILabelApp):
+class MedSam2App(PatchedApp, MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        monailabel_patches.check_version()  # patches checked against this MONAI Label, or no start
         self.settings = ServerSettings.from_conf(conf)  # every --conf option, checked (a bad one stops here)
         self.model_dir = self.settings.model_dir or os.path.normpath(os.path.join(app_dir, "..", "..", "model"))
         self.models = {"medsam2": MedSam2Config()}
@@ -44,22 +45,6 @@ class MedSam2App(MONAILabelApp):
             description="Interactive 3D segmentation with Medical SAM 2",
             version="0.1.0",
         )
-
-    def init_datastore(self):
-        if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
-        return CheckedLocalDatastore(self.studies, max_voxels=self.settings.max_voxels,
-                                     extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
-                                     auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
-
-    def init_remote_datastore(self):
-        return dicomweb.with_seg_writer(super().init_remote_datastore(), self.app_dir,
-                                        list(self.settings.dicomweb_modalities))
-
-    def _download_dcmqi_tools(self):
-        # MONAI Label would download dcmqi from GitHub here (no internet: no server); see lib/dicomweb.py
-        pass
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}
@@ -110,11 +95,9 @@ class MedSam2App(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as fastapi_app
 
-        http_errors.install(fastapi_app)
-        auth.install(fastapi_app)
-        limits = {name: 1 for name in self._infers}  # others: one at a time, as MONAI Label runs them
+        limits = {name: 1 for name in self.infer_names()}  # others: one at a time, as MONAI Label runs them
         limits.update({name: config.settings.infer_concurrency for name, config in self.models.items()})
-        infer_route.install(fastapi_app, limits)
+        monailabel_patches.install(fastapi_app, limits)
         dicom_proxy.install(fastapi_app, self.studies, on_get=encode_ahead.series_seen)
         encode_ahead.install(fastapi_app)
         ohif_viewer.install(fastapi_app)

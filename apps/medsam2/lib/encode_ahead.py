@@ -29,7 +29,7 @@ from monailabel.endpoints import datastore as monailabel_datastore
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
-from lib.routes import add_first
+from lib.monailabel_patches.routes import add_first
 
 logger = logging.getLogger(__name__)
 

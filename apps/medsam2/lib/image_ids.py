@@ -23,16 +23,9 @@ def is_upload(path: str) -> bool:
 def _new_dicomweb_series(image: str, datastore) -> bool:
     """A series stored in the PACS after MONAI Label cached its series list (for
     MONAI_LABEL_DICOMWEB_CACHE_EXPIRY seconds, 2 hours by default): asked for by its UID, uncached."""
-    from monailabel.datastore.dicom import DICOMWebDatastore
+    from lib.monailabel_patches.dicomweb import SegDICOMWebDatastore
 
-    if not isinstance(datastore, DICOMWebDatastore) or not _UID.fullmatch(image):
-        return False
-    searches = datastore.series_filters() if hasattr(datastore, "series_filters") else [datastore._search_filter]
-    for search in searches:
-        found = datastore._client.search_for_series(search_filters={**search, "SeriesInstanceUID": image})
-        if any(item.get("0020000E", {}).get("Value") == [image] for item in found):
-            return True
-    return False
+    return isinstance(datastore, SegDICOMWebDatastore) and bool(_UID.fullmatch(image)) and datastore.has_series(image)
 
 
 def check_image_id(request: dict, datastore) -> None:

@@ -17,7 +17,7 @@ from lib.infers.scribbles import MedSam2ScribblesInferTask
 from lib.trainers.medsam2 import MedSam2Trainer
 from medsam2.frames import Intensity
 from medsam2.oneprompt import BankStore
-from medsam2.service import InteractiveSegmenter, ModelProvider
+from medsam2.service import ImageFile, InteractiveSegmenter, ModelProvider
 from medsam2.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class MedSam2Config(TaskConfig):
             path = datastore.get_image_uri(image_id)  # a DICOMweb series is downloaded here
             if not path or not os.path.exists(path):
                 raise FileNotFoundError(f"image {image_id!r} is not in the datastore")
-            return (*image_identity(path), lambda: load_volume(path, max_voxels))
+            return ImageFile(*image_identity(path)), lambda: load_volume(path, max_voxels)
 
         self.engine.encode_ahead(user, image_id, locate, Intensity.parse(self.settings.engine.intensity))
 

@@ -26,7 +26,7 @@ from medsam2.checkpoints import CheckpointError
 from medsam2.frames import Intensity
 from medsam2.memory import policy_factories
 from medsam2.prompts import ObjectPrompt, PromptError, parse_objects
-from medsam2.service import InteractiveSegmenter
+from medsam2.service import ImageFile, InteractiveSegmenter
 from medsam2.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -91,13 +91,13 @@ class MedSam2InferTask(InferTask):
         largest = optional_flag(request.get("largest_component", self._config["largest_component"]),
                                 "largest_component")
 
-        session_key = (str(request.get("client_id") or "default"), *image_identity(image_path))
+        client, file = str(request.get("client_id") or "default"), ImageFile(*image_identity(image_path))
         t_load = time.perf_counter()
         # while this runs, encoding ahead for other users waits (it would take cores from this click)
         with answer_out_of_memory("medsam2", self.engine.cache), self.engine.ahead.inference():
             try:
                 segmenter, session, cached = self.engine.open(
-                    session_key, lambda: load_volume(image_path, self.max_voxels), intensity)
+                    client, file, lambda: load_volume(image_path, self.max_voxels), intensity)
             except CheckpointError as e:
                 raise HTTPException(status_code=503, detail=f"the model is not available: {e}") from e
             try:

@@ -30,7 +30,7 @@ from monailabel.datastore.utils.convert import binary_to_image, nifti_to_dicom_s
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.datastore import check_name
+from lib.monailabel_patches.datastore import check_name
 from lib.params import label_name
 from medsam2.settings import ServerSettings
 
@@ -117,6 +117,14 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         if self._search_filter.get("Modality") and self._search_filter != {"Modality": "CT"}:
             return [dict(self._search_filter)]
         return [{**self._search_filter, "Modality": m} for m in self.modalities]
+
+    def has_series(self, uid: str) -> bool:
+        """Whether the PACS holds series `uid` among the images (asked now, not from the cached list)."""
+        for search in self.series_filters():
+            found = self._client.search_for_series(search_filters={**search, "SeriesInstanceUID": uid})
+            if any(item.get("0020000E", {}).get("Value") == [uid] for item in found):
+                return True
+        return False
 
     @cached(cache=TTLCache(maxsize=16, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY))
     def list_images(self) -> List[str]:

@@ -27,7 +27,7 @@ from monailabel.config import RBAC_USER, settings
 from monailabel.endpoints import infer as monailabel_infer
 from monailabel.endpoints.user.auth import RBAC, User
 
-from lib.routes import add_first
+from lib.monailabel_patches.routes import add_first
 
 logger = logging.getLogger(__name__)
 

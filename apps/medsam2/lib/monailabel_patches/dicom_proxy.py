@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 
-from lib.routes import add_first
+from lib.monailabel_patches.routes import add_first
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.utils.others.generic import get_mime_type
 
-from lib.routes import add_first
+from lib.monailabel_patches.routes import add_first
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.speed import dice, make_case
+from medsam2.evaluation.metrics import dice
+from medsam2.stock import make_case
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINES = {  # path -> (encoder_runtime, encoder_precision, Segmenter precision)
@@ -84,15 +85,15 @@ def worker_engine(job: dict, path: str) -> dict:
     def click(engine, client, objects):
         t = time.perf_counter()
         with engine.ahead.inference():
-            seg, session, cached = engine.open(client, ImageFile("volume", 1), lambda: (volume, header))
-            result, stats = engine.run(seg, session, objects, None, cached)
+            session, cached = engine.open(client, ImageFile("volume", 1), lambda: (volume, header))
+            result, stats = engine.run(session, objects, None, cached)
         return time.perf_counter() - t, result, stats
 
     warm = InteractiveSegmenter(provider, SessionCache())  # untimed: first calls of every kernel
     small = volume[:, :, : min(8, volume.shape[2])]
-    seg, session, _ = warm.open("warm", ImageFile("small", 1), lambda: (small, header))
-    warm.run(seg, session, parse_objects({"foreground": [[s // 2 for s in small.shape]]}, small.shape))
-    del warm, seg, session
+    session, _ = warm.open("warm", ImageFile("small", 1), lambda: (small, header))
+    warm.run(session, parse_objects({"foreground": [[s // 2 for s in small.shape]]}, small.shape))
+    del warm, session
 
     engine = InteractiveSegmenter(provider, SessionCache(), encode_ahead=False)
     unopened_s, result, stats_b = click(engine, "b", first)

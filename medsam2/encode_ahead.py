@@ -63,7 +63,7 @@ class Job:
     user: str
     name: str  # the image as the client named it (an image id)
     locate: Callable[[], Hashable]  # -> the image as cache keys name it (service.OpenedImage); in the worker
-    open: Callable[[Hashable], tuple]  # image -> (session, segmenter, cache key); in the worker
+    open: Callable[[Hashable], tuple]  # image -> (session, cache key); in the worker
     image: Hashable = None  # what locate() returned
     key: Hashable = None  # the cache key its session is stored under (service.SessionKey), until a click adopts it
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -238,7 +238,8 @@ class EncodeAhead:
             job.image = image
             if self.is_open(image):
                 return self._end(job, "open")
-        session, segmenter, key = job.open(image)
+        session, key = job.open(image)
+        segmenter = session.segmenter
         features = session.features
         with self._cond:
             if job.cancelled.is_set():

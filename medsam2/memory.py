@@ -18,10 +18,11 @@ always the prompted slices stay in memory (SAM2 keeps them as conditioning frame
 slices of a volume are the most informative memory there is, and a bank that rejects them as
 redundant would lose them. Set it to 0 for MedSAM-2's pure bank.
 
-A policy object serves one tracked object; before each slice it `choose`s the frames for SAM2's
-recency slots, and after it `observe`s the new memory. `sam2_memory_plan` turns SAM2's rule (or a
-policy's choice) into frame indices for the batched tracker (tracker.py); VolumePredictor uses the
-same choice through `memory_for`, a view of SAM2's output dict (predictor.py). The bank itself
+A policy object (`MemoryPolicy`) serves one tracked object; before each slice it `choose`s the frames
+for SAM2's recency slots, and after it `observe`s the new memory. Both propagators ask it the same
+way: `sam2_memory_plan` turns SAM2's rule (or a policy's choice) into frame indices for the batched
+tracker (tracker.py); the reference propagation (predictor.py) reads the same choice through
+`recency_view`, a view of SAM2's output dict. The bank itself
 (`MemoryBank`) works on plain tensors so it can be tested with hand-made vectors and reused by
 One-Prompt segmentation.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +99,29 @@ class MemoryBank:
         return [e for _, _, e in scored[:k]]
 
 
+class MemoryPolicy(Protocol):
+    """Which tracked slices one object's next slice attends to (in SAM 2's six recency slots)."""
+
+    def choose(self, tracked, frame_idx: int, reverse: bool, embedding: torch.Tensor) -> list[int]:
+        """The tracked slices to remember for `frame_idx`, nearest slot first."""
+
+    def slot_frames(self, chosen: list[int], frame_idx: int, reverse: bool) -> dict[int, int]:
+        """{the slice SAM 2's slot stands for: the chosen slice placed there}."""
+
+    def observe(self, frame_idx: int, maskmem_features: torch.Tensor, embedding: torch.Tensor,
+                confidence: float) -> None:
+        """A tracked slice's new memory, offered to the policy."""
+
+
+def recency_view(policy: MemoryPolicy, output_dict: dict, frame_idx: int, reverse: bool, features) -> dict:
+    """A view of SAM 2's `output_dict` in which its recency slots hold the policy's chosen memories (what
+    SAM 2's own `_prepare_memory_conditioned_features` then reads)."""
+    tracked = output_dict["non_cond_frame_outputs"]
+    chosen = policy.choose(tracked, frame_idx, reverse, features.embeddings[frame_idx])
+    slots = {slot: tracked[k] for slot, k in policy.slot_frames(chosen, frame_idx, reverse).items()}
+    return {"cond_frame_outputs": output_dict["cond_frame_outputs"], "non_cond_frame_outputs": slots}
+
+
 def frame_confidence(out: dict) -> float:
     """Predicted IoU times the object-score probability of a SAM2 frame output."""
     iou = out.get("iou")
@@ -135,13 +160,6 @@ class SelfSortingPolicy:
         """{slot frame: chosen frame}: the n-th choice sits where SAM2 looks for the frame n+1 slices back."""
         step = -1 if reverse else 1
         return {frame_idx - step * (n + 1): k for n, k in enumerate(chosen)}
-
-    def memory_for(self, output_dict: dict, frame_idx: int, reverse: bool, features) -> dict:
-        """A view of `output_dict` in which SAM2's recency slots hold the chosen memories."""
-        tracked = output_dict["non_cond_frame_outputs"]
-        chosen = self.choose(tracked, frame_idx, reverse, features.embeddings[frame_idx])
-        slots = {slot: tracked[k] for slot, k in self.slot_frames(chosen, frame_idx, reverse).items()}
-        return {"cond_frame_outputs": output_dict["cond_frame_outputs"], "non_cond_frame_outputs": slots}
 
     def observe(self, frame_idx: int, maskmem_features: torch.Tensor, embedding: torch.Tensor,
                 confidence: float) -> None:

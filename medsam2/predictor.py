@@ -24,7 +24,7 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from .features import FrameFeatures
 from .frames import Preprocess
-from .memory import frame_confidence
+from .memory import frame_confidence, recency_view
 from .postprocess import Postprocess
 
 _captured = threading.local()  # decoder outputs of the frame just processed, per thread
@@ -112,7 +112,7 @@ class VolumePredictor(SAM2VideoPredictor):
         memory = output_dict
         if policy is not None and not is_init_cond_frame:
             inference_state["features"].ensure([frame_idx])  # the policy reads the slice's embedding
-            memory = policy.memory_for(output_dict, frame_idx, reverse, inference_state["features"])
+            memory = recency_view(policy, output_dict, frame_idx, reverse, inference_state["features"])
         _captured.iou = None
         out, pred_masks = super()._run_single_frame_inference(
             inference_state, memory, frame_idx, batch_size, is_init_cond_frame, point_inputs, mask_inputs,

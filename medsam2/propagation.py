@@ -1,21 +1,18 @@
 """Segment a volume from prompts: the engine both the infer task and the benchmarks run.
 
-A `VolumeSession` is one opened image: its scaled volume and the encoder features of its slices
-(kept for later clicks on the same image). `Segmenter.segment` takes the prompts of one request and
-returns a label volume. Each object's prompted slices are segmented from their prompts by SAM2's
+An `InteractiveSession` (session.py) is one opened image: its scaled volume, the encoder features of
+its slices (kept for later clicks on the same image) and what each label was last prompted with.
+`Segmenter.segment` takes the prompts of one request and returns a label volume. Each object's prompted slices are segmented from their prompts by SAM2's
 own code; the object is then tracked from its first prompted slice to the end of the volume and
 from the same slice back to the start, the other prompted slices acting as extra conditioning
-frames. Two engines do the tracking, with the same masks (up to float rounding):
-- "batched" (default): tracker.py, all objects and both directions advance together, one batched
-  step per slice, replayed as CUDA graphs on a GPU while the encoder fills in slices alongside;
-- "plain": SAM2's `propagate_in_video`, one slice of one object at a time (the reference).
+frames, by a `Propagator` (propagators.py: the batched product, or SAM 2's own propagation as the
+reference; the same masks up to float rounding). The tracks become the label here (`_assemble`).
 `directions` chooses whether the backward pass sees the forward pass's slices (tracker.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,49 +25,16 @@ from .frames import Intensity, scale_volume
 from .postprocess import fill_holes, largest_component
 from .predictor import VolumePredictor, corrections_as_conditioning
 from .prompts import ObjectPrompt
-from .track_step import GraphedSteps, SliceStep
+from .propagators import PropagationContext, TrackRequest, make_propagator
+from .session import InteractiveSession, ObjectTrack
 from .settings import EngineSettings
-from .tracker import UNTRACKED, Lane, LaneTracker, TrackBanks
+from .tracker import UNTRACKED
 
 
 def pick_device(requested: str | None = None) -> torch.device:
     if requested and requested not in ("auto", ""):
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class ObjectTrack:
-    """The last result for one label on a session: what it was prompted with and its per-slice outputs,
-    so the same prompts again are answered at once and a correction can re-propagate only as far as
-    the masks change (`settle_slices`)."""
-
-    signature: tuple
-    lowres: torch.Tensor  # (K, 1, h, w) low-resolution mask logits
-    scores: np.ndarray  # (K,) object-score logits
-    ious: np.ndarray  # (K,) predicted IoUs
-    exact: dict = field(default_factory=dict)  # slice -> (J, I) mask returned as it is (painted slices)
-
-
-@dataclass
-class VolumeSession:
-    """One opened volume: shape, the cached encoder features of its slices, the last track per label."""
-
-    shape: tuple[int, int, int]  # (I, J, K)
-    features: FrameFeatures
-    opened_s: float = 0.0
-    header: object = None  # whatever the caller needs to write results (e.g. the image's geometry)
-    model_version: str | None = None  # the weights it was encoded with (service.version_id), reported
-    tracks: dict[str, ObjectTrack] = field(default_factory=dict)
-    paint: dict[str, object] = field(default_factory=dict)  # label -> painted.PaintHistory (painted prompts)
-    encoded_ahead: bool = False  # opened and encoded before its first click (encode_ahead.py), not yet clicked
-
-    @property
-    def nbytes(self) -> int:
-        tracks = list(self.tracks.values())  # a copy: another request's segment() may add a label meanwhile
-        paint = list(self.paint.values())
-        return (self.features.nbytes + sum(t.lowres.numel() * t.lowres.element_size() for t in tracks)
-                + sum(h.nbytes for h in paint))
 
 
 @dataclass
@@ -99,7 +63,7 @@ class Segmenter:
     bf16 masks are within ~2 % Dice of fp32 (tests/test_speed_equivalence.py).
     stop_after_empty: stop a direction after this many consecutive slices without the object (0 = never):
     the slices beyond are left empty and never encoded, but a structure that reappears is missed.
-    engine: "batched" or "plain" (module docstring).
+    engine: "batched" or "plain" (propagators.py).
     encoder: an exported image encoder run by ONNX Runtime or OpenVINO (encoder_runtime.py); None: PyTorch.
     directions: "independent" (the two directions do not see each other) or "sequential" (stock SAM2).
     settle_slices: after a correction, a direction stops once this many consecutive slices come out as
@@ -126,9 +90,9 @@ class Segmenter:
         self.dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and on_gpu)) else None
         self.use_graphs = settings.cuda_graphs and on_gpu
         self.overlap_encoding = settings.overlap_encoding and on_gpu
-        self._steps: GraphedSteps | None = None
-        self._steps_lock = threading.Lock()  # graphed steps share static buffers: one propagation at a time
-        self._make_lock = threading.Lock()
+        self.propagator = make_propagator(PropagationContext(
+            model=self.model, settings=settings, autocast=self.autocast, prompt=self._prompt, dtype=self.dtype,
+            use_graphs=self.use_graphs, overlap_encoding=self.overlap_encoding))
 
     def autocast(self):
         if self.dtype is None:
@@ -136,10 +100,12 @@ class Segmenter:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
-    def open(self, volume, intensity=None, encode: bool | None = None) -> VolumeSession:
+    def open(self, volume, intensity=None, encode: bool | None = None, header=None,
+             model_version: str | None = None) -> InteractiveSession:
         """Scale the volume on the compute device; with `encode`, also encode all its slices now, in
         batches (otherwise each slice is encoded when first needed). By default a GPU encodes up front
-        (unless it overlaps encoding with propagation) and a CPU on demand."""
+        (unless it overlaps encoding with propagation) and a CPU on demand. `header` and
+        `model_version` are kept with the session (session.py)."""
         if encode is None:
             encode = self.device.type == "cuda" and not self.overlap_encoding
         t0 = time.perf_counter()
@@ -149,11 +115,11 @@ class Segmenter:
         if encode:
             with self.autocast():
                 features.ensure()
-        return VolumeSession(shape=tuple(int(s) for s in scaled.shape), features=features,
-                             opened_s=time.perf_counter() - t0)
+        return InteractiveSession(shape=tuple(int(s) for s in scaled.shape), features=features, segmenter=self,
+                                  opened_s=time.perf_counter() - t0, header=header, model_version=model_version)
 
     @torch.inference_mode()
-    def segment(self, session: VolumeSession, objects: list[ObjectPrompt],
+    def segment(self, session: InteractiveSession, objects: list[ObjectPrompt],
                 memory_policy_factory=None, largest_component: bool | None = None) -> SegmentationResult:
         """Prompt and propagate every object; returns the label volume in (I, J, K) order, post-processed
         as the checkpoint's reference does (`model.postprocess`: holes filled; with `largest_component`,
@@ -173,20 +139,17 @@ class Segmenter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         prompted_s = time.perf_counter() - t0
-        per_object = {n: (prev.lowres, prev.scores, prev.ious) for n, prev in enumerate(previous) if n not in states}
+        per_object = {n: prev.track for n, prev in enumerate(previous) if n not in states}
         exact = {n: states[n].get("exact", {}) if n in states else previous[n].exact for n in range(len(objects))}
         counts = {"reused": len(objects) - len(todo)}
-        if todo and self.settings.engine == "plain":
-            for n in todo:
-                per_object[n] = self._track_plain(session, objects[n], states[n], memory_policy_factory)
-        elif todo:
-            hints = [previous[n] if self.settings.settle_slices else None for n in todo]
-            tracked, stats = self._track_batched(session, [objects[n] for n in todo], [states[n] for n in todo],
-                                                 memory_policy_factory, hints)
-            per_object.update(zip(todo, tracked))
-            counts.update(steps=stats.steps, slices=stats.slices, step_shapes=len(stats.shapes), settled=stats.settled)
+        if todo:
+            requests = [TrackRequest(objects[n], states[n], previous[n].track if previous[n] and
+                                     self.settings.settle_slices else None) for n in todo]
+            tracks, stats = self.propagator.track(session, requests, memory_policy_factory)
+            per_object.update(zip(todo, tracks))
+            counts.update(stats.as_dict())
         for n in todo:  # reused objects keep the track they were answered from
-            session.tracks[objects[n].label] = ObjectTrack(signatures[n], *per_object[n], exact=exact[n])
+            session.tracks[objects[n].label] = ObjectTrack(signatures[n], per_object[n], exact=exact[n])
         per_object = [per_object[n] for n in range(len(objects))]
         if largest_component is None:
             largest_component = self.model.postprocess.largest_component
@@ -203,7 +166,7 @@ class Segmenter:
 
     # ---------------------------------------------------------------------------------- prompting
 
-    def _prompt(self, session: VolumeSession, obj: ObjectPrompt, memory_policy_factory=None) -> dict:
+    def _prompt(self, session: InteractiveSession, obj: ObjectPrompt, memory_policy_factory=None) -> dict:
         """A SAM2 state holding the object's prompted slices, segmented and memory-encoded by SAM2.
 
         A slice with a box or a positive click is segmented from its own prompts, as SAM does. A slice
@@ -267,86 +230,9 @@ class Segmenter:
         with corrections_as_conditioning():
             self.model.add_new_points_or_box(state, frame_idx=k, obj_id=1, points=points, labels=labels, box=box)
 
-    # ---------------------------------------------------------------------------------- plain engine
-
-    def _track_plain(self, session: VolumeSession, obj: ObjectPrompt, state: dict, memory_policy_factory=None):
-        """SAM2's propagate_in_video both ways: (K, 1, h, w) low-resolution logits, object scores and IoUs."""
-        start, K = obj.frames[0], session.shape[2]
-        outputs = []
-        for reverse in (False, True):
-            if reverse and self.settings.directions == "independent":  # a fresh state: the backward pass starts afresh
-                with self.autocast():
-                    state = self._prompt(session, obj, memory_policy_factory)
-            empty_run = 0
-            with self.autocast():
-                for k, _, video_res in self.model.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
-                    empty_run = 0 if bool((video_res > 0).any()) or k in obj.frames else empty_run + 1
-                    prompted_ahead = any(f < k if reverse else f > k for f in obj.frames)
-                    if self.settings.stop_after_empty and empty_run >= self.settings.stop_after_empty and not prompted_ahead:
-                        break
-            outputs.append(state["output_dict_per_obj"][0])
-        h, w = next(iter(outputs[0]["cond_frame_outputs"].values()))["pred_masks"].shape[-2:]
-        lowres = torch.full((K, 1, h, w), UNTRACKED, dtype=torch.float32, device=self.device)
-        scores = np.full(K, np.nan, dtype=np.float32)
-        ious = np.full(K, np.nan, dtype=np.float32)
-        for out_dict in outputs:
-            for frames in (out_dict["non_cond_frame_outputs"], out_dict["cond_frame_outputs"]):
-                for k, out in frames.items():
-                    lowres[k] = out["pred_masks"][0].to(self.device).float()
-                    scores[k] = float(out["object_score_logits"].flatten()[0])
-                    if out.get("iou") is not None:
-                        ious[k] = float(out["iou"].flatten()[0])
-        return lowres, scores, ious
-
-    # ---------------------------------------------------------------------------------- batched engine
-
-    def _graphed_steps(self, session: VolumeSession, cond_out: dict) -> GraphedSteps:
-        """The step runner, made once (its positional encodings are the same for every volume)."""
-        with self._make_lock:
-            if self._steps is None:
-                step = SliceStep(self.model, session.features.pos[-1].clone(),
-                                 cond_out["maskmem_pos_enc"][-1].clone())
-                self._steps = GraphedSteps(step, self.use_graphs, self.dtype)
-        return self._steps
-
-    def _track_batched(self, session: VolumeSession, objects, states, memory_policy_factory=None, hints=None):
-        I, J, K = session.shape
-        conds = [s["output_dict_per_obj"][0]["cond_frame_outputs"] for s in states]
-        first = next(iter(conds[0].values()))
-        banks = TrackBanks(len(objects), K, first["maskmem_features"].shape[1:], first["obj_ptr"].shape[-1],
-                           first["pred_masks"].shape[-2:], self.device)
-        for n, cond in enumerate(conds):
-            for k, out in cond.items():
-                banks.put(banks.row(n, k), out)
-        lanes_fwd, lanes_bwd = [], []
-        for n, (obj, state) in enumerate(zip(objects, states)):
-            start, cond = obj.frames[0], tuple(sorted(conds[n]))
-            hint = hints[n] if hints else None
-            fwd = Lane(n, False, list(range(start + 1, K)), cond, {}, state.get("memory_policy"), hint)
-            if self.settings.directions == "sequential":  # SAM2's order: backwards sees the forward slices
-                bwd = Lane(n, True, list(range(start - 1, -1, -1)), cond, fwd.tracked, fwd.policy, hint)
-            else:
-                policy = memory_policy_factory() if memory_policy_factory else None
-                bwd = Lane(n, True, list(range(start - 1, -1, -1)), cond, {}, policy, hint)
-            lanes_fwd.append(fwd)
-            lanes_bwd.append(bwd)
-        phases = [lanes_fwd, lanes_bwd] if self.settings.directions == "sequential" else [lanes_fwd + lanes_bwd]
-        # graphed steps share static buffers: one propagation at a time (eager steps share nothing)
-        with self._steps_lock if self.use_graphs else contextlib.nullcontext(), self.autocast():
-            steps = self._graphed_steps(session, first)
-            tracker = LaneTracker(self.model, steps, session.features, banks, (J, I), self.settings.stop_after_empty,
-                                  self.settings.settle_slices, self.settings.settle_tolerance, overlap_encoding=self.overlap_encoding)
-            stats = tracker.run(phases)
-        scores = banks.score.cpu().numpy()
-        ious = banks.iou.cpu().numpy()
-        rows = [banks.object_slices(n) for n in range(len(objects))]
-        # copies: a view would keep the whole banks (memories of every slice) alive in the session's tracks
-        per_object = [(banks.lowres[r].clone(), scores[r], ious[r]) for r in rows]
-        return per_object, stats
-
     # ---------------------------------------------------------------------------------- the label
 
-    def _assemble(self, session: VolumeSession, objects, per_object, exact, keep_largest: bool = False,
+    def _assemble(self, session: InteractiveSession, objects, per_object, exact, keep_largest: bool = False,
                   chunk: int = 32):
         """Low-resolution logits -> the label at the image's size: small holes filled and upsampled
         as SAM2 does, bounded by a 3D roi, overlapping objects resolved by the larger logit; in chunks
@@ -361,8 +247,8 @@ class Segmenter:
         for a in range(0, K, chunk):
             b = min(K, a + chunk)
             best = None
-            for n, (obj, (lowres, _, _)) in enumerate(zip(objects, per_object)):
-                logits = F.interpolate(fill_holes(lowres[a:b], fill_area), size=(J, I), mode="bilinear",
+            for n, (obj, track) in enumerate(zip(objects, per_object)):
+                logits = F.interpolate(fill_holes(track.lowres[a:b], fill_area), size=(J, I), mode="bilinear",
                                        align_corners=False)[:, 0]
                 if obj.roi is not None and obj.roi[5] > obj.roi[4]:
                     i0, i1, j0, j1, k0, k1 = obj.roi  # a 3D roi bounds the structure
@@ -386,8 +272,8 @@ class Segmenter:
         if keep_largest:
             label = self._keep_largest(label, objects, exact, present)
         present = present.cpu().numpy()
-        results = [ObjectResult(obj.label, obj.value, np.nonzero(present[n])[0].tolist(), scores, ious)
-                   for n, (obj, (_, scores, ious)) in enumerate(zip(objects, per_object))]
+        results = [ObjectResult(obj.label, obj.value, np.nonzero(present[n])[0].tolist(), track.scores, track.ious)
+                   for n, (obj, track) in enumerate(zip(objects, per_object))]
         return label.permute(2, 1, 0).cpu().numpy(), results
 
     @staticmethod

@@ -23,10 +23,18 @@ from .encode_ahead import EncodeAhead
 from .encoder_runtime import EncoderChoice, choose_encoder
 from .machine_choice import cpu_precision
 from .propagation import Segmenter, SegmentationResult, pick_device
+from .session import InteractiveSession, SessionState
 from .sessions import SessionCache
 from .settings import EngineSettings
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadState:
+    loaded: bool
+    version: str | None  # version_id of the loaded weights
+    error: str  # why the last load failed, "" when it did not
 
 
 class ModelProvider:
@@ -45,6 +53,7 @@ class ModelProvider:
         self._base: ModelSpec | None = None
         self._segmenter: Segmenter | None = None
         self._version: tuple | None = None
+        self._error = ""  # why the last load failed ("" when it did not)
 
     @property
     def model_choice(self) -> tuple:
@@ -88,8 +97,23 @@ class ModelProvider:
         st = Path(spec.checkpoint).stat()
         return (spec.model_config, spec.image_size, str(spec.checkpoint), st.st_mtime_ns, st.st_size)
 
+    def load_state(self) -> "LoadState":
+        """Whether the model is loaded (without loading it): for a readiness check."""
+        version = self._version
+        return LoadState(loaded=self._segmenter is not None, version=version_id(version) if version else None,
+                         error=self._error)
+
     def get(self) -> tuple[Segmenter, tuple]:
         """(segmenter, version); the version changes whenever different weights are loaded."""
+        try:
+            result = self._get()
+        except Exception as e:
+            self._error = f"{type(e).__name__}: {e}"
+            raise
+        self._error = ""
+        return result
+
+    def _get(self) -> tuple[Segmenter, tuple]:
         with self._lock:
             spec = self.current_spec()
             version = self._file_version(spec)
@@ -162,24 +186,21 @@ class InteractiveSegmenter:
         def opener():
             volume, header = load()
             # a GPU encodes every slice up front in batches (or alongside propagation); a CPU when needed
-            session = segmenter.open(volume, intensity)
-            session.header = header
-            session.model_version = version_id(version)  # reported with each result
-            return session
+            # model_version is reported with each result; header: how the caller writes results
+            return segmenter.open(volume, intensity, header=header, model_version=version_id(version))
         return opener
 
-    def open(self, client: str, file: ImageFile, load, intensity=None):
-        """(segmenter, session, cached) for `client`'s session of `file`; on a cache miss the image's
-        session encoded ahead is adopted if there is one, else `load()` gives (volume, header) and the
-        header (geometry for writing the result) is kept with the session."""
+    def open(self, client: str, file: ImageFile, load, intensity=None) -> tuple[InteractiveSession, bool]:
+        """(session, cached) for `client`'s session of `file`; on a cache miss the image's session
+        encoded ahead is adopted if there is one, else `load()` gives (volume, header) and the header
+        (geometry for writing the result) is kept with the session."""
         segmenter, version = self.provider.get()
         key = SessionKey(client, OpenedImage(file, str(intensity)), version)
         if self.cache.get(key) is None:
             claimed = self.ahead.claim(key.image, accept=lambda ahead_key: ahead_key.model_version == version)
             if claimed is not None and self.cache.rekey(claimed[1], key):
-                claimed[0].encoded_ahead = True
-        session, cached = self.cache.get_or_open(key, self._opener(segmenter, version, load, intensity))
-        return segmenter, session, cached
+                claimed[0].state = SessionState.ADOPTED
+        return self.cache.get_or_open(key, self._opener(segmenter, version, load, intensity))
 
     def encode_ahead(self, user: str, name: str, locate, intensity=None):
         """Open and encode image `name` for `user` in the background before their first click on it.
@@ -194,20 +215,23 @@ class InteractiveSegmenter:
 
         def open_ahead(image: OpenedImage):
             segmenter, version = self.provider.get()
-            key = SessionKey(f"{AHEAD}:{user}", image, version)
-            return self._opener(segmenter, version, loaders[image.file], intensity)(), segmenter, key
+            session = self._opener(segmenter, version, loaders[image.file], intensity)()
+            session.state = SessionState.ENCODING_AHEAD
+            return session, SessionKey(f"{AHEAD}:{user}", image, version)
 
         return self.ahead.request(user, name, image, open_ahead)
 
-    def run(self, segmenter: Segmenter, session, objects, memory_policy_factory=None, cached: bool = False,
+    def run(self, session: InteractiveSession, objects, memory_policy_factory=None, cached: bool = False,
             largest_component: bool | None = None) -> tuple[SegmentationResult, dict]:
         """Segment `objects` on an opened session; returns the result and engine statistics
         (encode_s: image-encoder seconds this request paid, up front or during propagation;
         slices_encoded_before: slices already encoded when it started, by earlier clicks or ahead)."""
         encoded_before = session.features.encode_s if cached else 0.0
         slices_before = int(session.features.encoded.sum()) if cached else 0
-        ahead, session.encoded_ahead = session.encoded_ahead, False  # only its first click was helped by it
-        result = segmenter.segment(session, objects, memory_policy_factory, largest_component)
+        ahead = session.state is SessionState.ADOPTED  # only its first click was helped by encoding ahead
+        session.state = SessionState.OPEN
+        segmenter = session.segmenter
+        result = session.segment(objects, memory_policy_factory, largest_component)
         self.cache.trim(keep=session)  # slices encoded on demand have grown the session: re-check the budget
         stats = {
             "cached_features": cached,

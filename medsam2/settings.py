@@ -223,6 +223,10 @@ class ServerSettings(_Options):
                                         parse=parse_names, main=True)
     model_dir: str | None = option(None, "the model folder (manifest, downloads, fine-tuned weights); default: the "
                                    "repository's `model/`")
+    replica: str = option("", "this replica's name behind a balancer: sent as `X-Replica` on every answer, the model "
+                          "loaded at start (`GET /ready`) ([deployment](deployment.md))", parse=str.strip)
+    balancer_url: str = option("", "the balancer in front of the replicas: Next Sample's image is encoded ahead on "
+                               "the replica its clicks will reach", parse=lambda s: str(s).strip().rstrip("/"))
     engine: EngineSettings = option(None, "the engine's settings", conf=False)
 
     def __post_init__(self):

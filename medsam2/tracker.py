@@ -90,6 +90,33 @@ class TrackBanks:
 
 
 @dataclass
+class StepRows:
+    """Where one batched step reads and writes, as index tensors on the device. `items` are the step's
+    (lane, slice, MemoryPlan); every lane has the step's n memories and p pointers. The integers
+    travel to the device as one tensor (one copy per step, not five)."""
+
+    frames: torch.Tensor  # (B,) the slices stepped
+    memories: torch.Tensor  # (B * n,) bank rows of the spatial memories, lane by lane
+    memory_tpos: torch.Tensor  # (B * n,) each memory's temporal-encoding index
+    pointers: torch.Tensor  # (B * p,) bank rows of the object pointers
+    writes: torch.Tensor  # (B,) bank rows the step's outputs go to
+    pointer_tpos: torch.Tensor  # (B * p,) each pointer's distance in slices (float)
+
+    @classmethod
+    def of(cls, banks: "TrackBanks", items: list, device) -> "StepRows":
+        parts = [
+            [frame for _, frame, _ in items],
+            [banks.row(lane.obj, src) for lane, _, plan in items for src, _ in plan.memories],
+            [t for _, _, plan in items for _, t in plan.memories],
+            [banks.row(lane.obj, src) for lane, _, plan in items for src, _ in plan.pointers],
+            [banks.row(lane.obj, frame) for lane, frame, _ in items],
+        ]
+        packed = torch.tensor([v for part in parts for v in part], dtype=torch.long).to(device, non_blocking=True)
+        tpos = torch.tensor([float(d) for _, _, plan in items for _, d in plan.pointers], dtype=torch.float32)
+        return cls(*torch.split(packed, [len(part) for part in parts]), tpos.to(device, non_blocking=True))
+
+
+@dataclass
 class TrackStats:
     steps: int = 0
     slices: int = 0
@@ -176,16 +203,7 @@ class LaneTracker:
     def _step(self, shape: StepShape, items: list) -> None:
         banks, B, n, p = self.banks, shape.lanes, shape.memories, shape.pointers
         frames = [frame for _, frame, _ in items]
-        ints, tpos = [], []
-        ints += frames
-        ints += [banks.row(lane.obj, src) for lane, _, plan in items for src, _ in plan.memories]
-        ints += [t for _, _, plan in items for _, t in plan.memories]
-        ints += [banks.row(lane.obj, src) for lane, _, plan in items for src, _ in plan.pointers]
-        ints += [banks.row(lane.obj, frame) for lane, frame, _ in items]
-        tpos += [float(d) for _, _, plan in items for _, d in plan.pointers]
-        meta = torch.tensor(ints, dtype=torch.long).to(self.device, non_blocking=True)
-        ptr_tpos = torch.tensor(tpos, dtype=torch.float32).to(self.device, non_blocking=True)
-        frame_idx, mem_rows, mem_tpos, ptr_rows, write_rows = torch.split(meta, [B, B * n, B * n, B * p, B])
+        rows = StepRows.of(banks, items, self.device)
 
         feats = self.features
         feats.wait_for(frames)
@@ -194,19 +212,19 @@ class LaneTracker:
                      ptr=((B, p, banks.ptr.shape[1]), banks.ptr.dtype), ptr_tpos=((B, p), torch.float32))
         buf = self.steps.inputs(shape, specs, self.device)
         for i in range(3):
-            feats.gather(i, frame_idx, frames, out=buf[f"l{i}"])
-        torch.index_select(banks.maskmem, 0, mem_rows, out=buf["mem"].view(B * n, *banks.maskmem.shape[1:]))
-        buf["mem_tpos"].copy_(mem_tpos.view(B, n))
-        torch.index_select(banks.ptr, 0, ptr_rows, out=buf["ptr"].view(B * p, banks.ptr.shape[1]))
-        buf["ptr_tpos"].copy_(ptr_tpos.view(B, p))
+            feats.gather(i, rows.frames, frames, out=buf[f"l{i}"])
+        torch.index_select(banks.maskmem, 0, rows.memories, out=buf["mem"].view(B * n, *banks.maskmem.shape[1:]))
+        buf["mem_tpos"].copy_(rows.memory_tpos.view(B, n))
+        torch.index_select(banks.ptr, 0, rows.pointers, out=buf["ptr"].view(B * p, banks.ptr.shape[1]))
+        buf["ptr_tpos"].copy_(rows.pointer_tpos.view(B, p))
         assert set(buf) == set(INPUT_NAMES)
 
         low_res, iou, score, obj_ptr, maskmem = self.steps.run(shape, buf)
-        banks.lowres.index_copy_(0, write_rows, low_res)
-        banks.iou.index_copy_(0, write_rows, iou)
-        banks.score.index_copy_(0, write_rows, score)
-        banks.ptr.index_copy_(0, write_rows, obj_ptr)
-        banks.maskmem.index_copy_(0, write_rows, maskmem)
+        banks.lowres.index_copy_(0, rows.writes, low_res)
+        banks.iou.index_copy_(0, rows.writes, iou)
+        banks.score.index_copy_(0, rows.writes, score)
+        banks.ptr.index_copy_(0, rows.writes, obj_ptr)
+        banks.maskmem.index_copy_(0, rows.writes, maskmem)
 
         self.stats.steps += 1
         self.stats.slices += B

@@ -35,6 +35,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from conftest import free_port, start_server, stop_server
+from debian import apt_install, can_install
 from medsam2.clicks import interior_point
 from medsam2.phantoms import make_phantom
 
@@ -45,7 +46,6 @@ SPACING = (0.8, 0.9, 2.5)  # column step (x), row step (y), slice step (z), mm
 ORIGIN = (-40.0, -30.0, -100.0)  # ImagePositionPatient of the first slice (LPS, mm)
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 BIND_SHIM = r"""
 #define _GNU_SOURCE
@@ -88,33 +88,17 @@ def _dicomweb_plugin() -> str | None:
     return min(libs, key=len) if libs else None  # the plugins/ link, else the versioned library
 
 
-def _apt_install(*packages: str) -> subprocess.CompletedProcess:
-    """apt-get install with service starts refused (Debian's policy-rc.d), so the package's own Orthanc
-    service (port 8042 on every interface) is never started by this test."""
-    policy = Path("/usr/sbin/policy-rc.d")
-    made = not policy.exists()
-    if made:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        return subprocess.run(f"apt-get update -qq && apt-get install -y -qq {' '.join(packages)}", shell=True,
-                              capture_output=True, text=True, env=APT_ENV, timeout=1200)
-    finally:
-        if made:
-            policy.unlink()
-
-
 @pytest.fixture(scope="session")
 def orthanc_install() -> dict:
     if not (shutil.which("Orthanc") and _dicomweb_plugin()):
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
+        if not can_install():
             pytest.skip("Orthanc with its DICOMweb plugin is not installed and cannot be installed here "
                         "(needs root and apt-get: apt-get install orthanc orthanc-dicomweb)")
-        r = _apt_install("orthanc", "orthanc-dicomweb")
+        r = apt_install("orthanc", "orthanc-dicomweb")
         if r.returncode != 0 or not (shutil.which("Orthanc") and _dicomweb_plugin()):
             pytest.skip(f"apt-get install orthanc orthanc-dicomweb failed: {(r.stderr or r.stdout)[-800:]}")
     if not shutil.which("dciodvfy") and os.geteuid() == 0 and shutil.which("apt-get"):
-        _apt_install("dicom3tools")  # optional: the DICOM validator
+        apt_install("dicom3tools")  # optional: the DICOM validator
     compiler = shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         pytest.skip("no C compiler for the loopback bind shim (Orthanc 1.10 cannot be told to bind 127.0.0.1)")

@@ -52,10 +52,10 @@ def click(engine, client, name, volumes):
     k = int(slices[len(slices) // 2])
     i, j = interior_point(truth[:, :, k].T)
     with engine.ahead.inference():
-        segmenter, session, cached = engine.open(client, ImageFile(f"/images/{name}", 1),
+        session, cached = engine.open(client, ImageFile(f"/images/{name}", 1),
                                                  lambda: (case.image, {"affine": np.eye(4)}))
         objects = parse_objects({"foreground": [[i, j, k]]}, session.shape)
-        return engine.run(segmenter, session, objects, None, cached)
+        return engine.run(session, objects, None, cached)
 
 
 def ahead_sessions(engine):

@@ -24,27 +24,21 @@ masks came out identical). The test runs torch single-threaded and restores the 
 on a busy 2-core machine two torch threads oversubscribe the cores and make it ten times slower.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `benchmarks` is a top-level folder, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.speed import build_stock_predictor, dice, make_case, stock_track, write_jpegs  # noqa: E402
-from medsam2.checkpoints import ModelSpec, build_model  # noqa: E402
-from medsam2.demo_model import DEMO_CONFIG  # noqa: E402
-from medsam2.clicks import interior_point, largest_slice  # noqa: E402
-from medsam2.frames import frames_from_scaled, scale_volume  # noqa: E402
-from medsam2.memory import SelfSortingPolicy  # noqa: E402
-from medsam2.phantoms import PHANTOM_LABELS, make_phantom  # noqa: E402
-from medsam2.propagation import Segmenter  # noqa: E402
+from medsam2.checkpoints import ModelSpec, build_model
+from medsam2.evaluation.metrics import dice
+from medsam2.stock import build_stock_predictor, make_case, stock_track, write_jpegs
+from medsam2.demo_model import DEMO_CONFIG
+from medsam2.clicks import interior_point, largest_slice
+from medsam2.frames import frames_from_scaled, scale_volume
+from medsam2.memory import SelfSortingPolicy
+from medsam2.phantoms import PHANTOM_LABELS, make_phantom
+from medsam2.propagation import Segmenter
 from medsam2.settings import EngineSettings
-from medsam2.prompts import parse_objects  # noqa: E402
+from medsam2.prompts import parse_objects
 
 MIN_DICE = 0.98
 MAX_DISAGREEMENT = 0.005

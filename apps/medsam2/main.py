@@ -18,7 +18,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import encode_ahead, monailabel_patches
+from lib import encode_ahead, monailabel_patches, replicas
 from lib.monailabel_patches import dicom_proxy, ohif_viewer
 from lib.monailabel_patches.app import PatchedApp
 from lib.image_ids import check_image_id
@@ -101,3 +101,5 @@ class MedSam2App(PatchedApp, MONAILabelApp):
         dicom_proxy.install(fastapi_app, self.studies, on_get=encode_ahead.series_seen)
         encode_ahead.install(fastapi_app)
         ohif_viewer.install(fastapi_app)
+        replicas.install(fastapi_app, self.settings.replica, [c.provider for c in self.models.values()],
+                         self.encode_ahead)

@@ -4,7 +4,8 @@ The engine's side (one background worker, one image ahead per user, paused while
 within the cache budget) is `medsam2/encode_ahead.py`. This module only notices that a user is about
 to look at an image:
 - Slicer downloads it: `GET /datastore/image?image=<id>` (after *Next Sample*, or opening an image);
-- *Next Sample* names it: `POST /activelearning/<strategy>`;
+- *Next Sample* names it: `POST /activelearning/<strategy>` (behind a balancer, `--conf balancer_url`,
+  the balancer is asked to have it encoded on the replica its clicks will reach: lib/replicas.py);
 - OHIF reads the series through the app's DICOMweb proxy: `/proxy/dicom/wado/studies/<s>/series/<id>/...`
   (`dicom_proxy.install` calls `series_seen`).
 Each starts encoding that image for that user. The user is the authenticated user name, or without
@@ -30,6 +31,7 @@ from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
 from lib.monailabel_patches.routes import add_first
+from lib.replicas import forward_encode_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,11 @@ def install(fastapi_app) -> None:
                           user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
         result = await run_in_threadpool(monailabel_activelearning.sample, strategy, params, user.username)
         if result and result.get("id"):
-            start(user_of(request, user), result["id"])
+            balancer = app_instance().settings.balancer_url
+            if balancer:  # behind a balancer: encoded on the replica the image's clicks will reach
+                forward_encode_ahead(balancer, user_of(request, user), result["id"], request.headers.get("Authorization"))
+            else:
+                start(user_of(request, user), result["id"])
         return result
 
     add_first(fastapi_app, f"{settings.MONAI_LABEL_API_STR}/datastore/image", download_image, ["GET"],

@@ -96,7 +96,7 @@ class MedSam2InferTask(InferTask):
         # while this runs, encoding ahead for other users waits (it would take cores from this click)
         with answer_out_of_memory("medsam2", self.engine.cache), self.engine.ahead.inference():
             try:
-                segmenter, session, cached = self.engine.open(
+                session, cached = self.engine.open(
                     client, file, lambda: load_volume(image_path, self.max_voxels), intensity)
             except CheckpointError as e:
                 raise HTTPException(status_code=503, detail=f"the model is not available: {e}") from e
@@ -104,7 +104,7 @@ class MedSam2InferTask(InferTask):
                 objects = self.objects(request, session)
             except PromptError as e:
                 raise HTTPException(status_code=422, detail=str(e)) from e
-            result, stats = self.engine.run(segmenter, session, objects, policy, cached, largest_component=largest)
+            result, stats = self.engine.run(session, objects, policy, cached, largest_component=largest)
             self.answered(request, session, objects, result)
         t_write = time.perf_counter()
         dtype_max = np.iinfo(dtype).max if dtype != "float32" else None

@@ -36,6 +36,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .settings import EngineSettings
+
 
 @dataclass(eq=False)  # entries are compared by identity
 class MemoryEntry:
@@ -227,7 +229,9 @@ def sam2_memory_plan(model, frame_idx: int, reverse: bool, cond_frames, slots: d
     return MemoryPlan(tuple(memories), tuple(pointers))
 
 
-def policy_factories(capacity: int = 16) -> dict:
-    """Memory policy name -> a factory of fresh policies (one per propagation lane); None: SAM 2's own
-    rule (the last six slices, "fifo")."""
-    return {"fifo": None, "self_sorting": partial(SelfSortingPolicy, capacity=capacity)}
+def policy_factories(settings: EngineSettings | None = None) -> dict:
+    """Memory policy name -> a factory of fresh policies (one per propagation lane), as the engine's
+    settings (EngineSettings; None: the defaults) shape them; None: SAM 2's own rule (the last six
+    slices, "fifo")."""
+    settings = settings or EngineSettings()
+    return {"fifo": None, "self_sorting": partial(SelfSortingPolicy, capacity=settings.memory_capacity)}

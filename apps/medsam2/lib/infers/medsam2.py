@@ -49,7 +49,7 @@ class MedSam2InferTask(InferTask):
         )
         self.engine = engine
         self.label_values = dict(settings.labels)
-        self.policies = policy_factories(defaults.memory_capacity)
+        self.policies = policy_factories(defaults)
         self.max_voxels = settings.max_voxels
         self.max_clicks = settings.max_clicks
 

@@ -234,4 +234,5 @@ def policy_factories(settings: EngineSettings | None = None) -> dict:
     settings (EngineSettings; None: the defaults) shape them; None: SAM 2's own rule (the last six
     slices, "fifo")."""
     settings = settings or EngineSettings()
-    return {"fifo": None, "self_sorting": partial(SelfSortingPolicy, capacity=settings.memory_capacity)}
+    return {"fifo": None, "self_sorting": partial(SelfSortingPolicy, capacity=settings.memory_capacity,
+                                                  keep_last=settings.memory_keep_last)}

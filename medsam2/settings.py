@@ -162,6 +162,8 @@ class EngineSettings(_Options):
                                 "(MedSAM-2's bank) or `fifo` (SAM 2's last six); also per request",
                                 choices=("self_sorting", "fifo"), main=True)
     memory_capacity: int = option(16, "entries of a self-sorting memory bank (3D and One-Prompt)", minimum=1)
+    memory_keep_last: int = option(1, "slices just before the current one that a self-sorting bank always keeps in "
+                                   "its first slots (0: MedSAM-2's pure bank)", choices=tuple(range(7)))
     largest_component: str = option("auto", "keep each structure's largest 3D piece: `auto` (as the checkpoint's "
                                     "reference, on for `medsam2`), `true`, `false`; also per request",
                                     choices=TRISTATE, parse=lambda s: str(s).strip().lower(), main=True)

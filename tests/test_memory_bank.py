@@ -92,3 +92,17 @@ def test_the_policy_reads_the_most_relevant_memories_but_places_them_by_distance
     chosen = policy.choose(tracked={2, 3, 5, 8, 9}, frame_idx=10, reverse=False, embedding=query)
     assert chosen == [9, 8, 5, 2]  # the preceding slice, then the three most relevant, nearest first
     assert SelfSortingPolicy.slot_frames(chosen, 10, False) == {9: 9, 8: 8, 7: 5, 6: 2}
+
+
+def test_memory_keep_last_0_gives_medsam2s_pure_bank_to_every_lane():
+    """`--conf memory_keep_last 0`: the preceding slice is not kept for its own sake; the bank alone
+    decides (here it does not hold slice 9, so 9 is not read)."""
+    from medsam2.memory import policy_factories
+    from medsam2.settings import EngineSettings
+
+    for keep_last, expected in ((1, [9, 8, 5, 2]), (0, [8, 5, 3, 2])):
+        policy = policy_factories(EngineSettings.from_conf({"memory_keep_last": str(keep_last)}))["self_sorting"]()
+        policy.slots, policy.bank.min_confidence = 4, 0.0
+        for key, emb in {2: [1.0, 0.0], 5: [0.8, 0.6], 8: [0.9, 0.44], 3: [-1.0, 0.0]}.items():
+            policy.bank.write(entry(key, [float(key), 1.0], embedding=emb))
+        assert policy.choose({2, 3, 5, 8, 9}, 10, False, torch.tensor([1.0, 0.0])) == expected

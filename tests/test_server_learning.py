@@ -3,6 +3,7 @@ restart, keep them when a run is stopped, score unlabelled images and pick the l
 
 import hashlib
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -108,3 +109,25 @@ def test_scoring_then_next_sample_hands_over_the_least_confident_image(learning_
     r = requests.post(f"{server.url}/activelearning/least_confident", timeout=60)
     assert r.status_code == 200 and r.json()["id"] == min(scores, key=scores.get)
     assert requests.post(f"{server.url}/activelearning/random", timeout=60).json()["id"] in scores
+
+
+@pytest.mark.torchrun
+def test_multi_gpu_training_runs_under_torchrun_and_rank_0_publishes(learning_server):
+    """`multi_gpu` on a machine without GPUs: 2 gloo processes launched by torchrun (training/launch.py)."""
+    import json
+
+    server = learning_server
+    before = {str(p): p.stat().st_mtime_ns for p in (server.model_dir / "finetuned").glob("*.pt")}
+    r = requests.post(f"{server.url}/train/medsam2", json={"multi_gpu": True, "cpu_processes": 2, "max_steps": 3,
+                                                            "val_every": 3, "clip_len": 4, "seed": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    status = wait_for_task(server.url, "train", 900)
+    assert status["status"] == "DONE", status.get("details")
+    stats = train_stats(server)
+    assert stats["status"] == "DONE" and stats["steps"] == 3
+    published = Path(stats["published"])
+    assert published.parent == server.model_dir / "finetuned" and published.stat().st_mtime_ns != before.get(
+        str(published))  # published (again), in place
+    result = json.loads((server.model_dir / "train" / "torchrun-job.result.json").read_text())
+    assert result["world_size"] == 2 and len(set(result["rank_digests"])) == 1
+    assert [h["step"] for h in stats["history"]] == [0, 3]  # rank 0's validations, passed on as they came

@@ -1,4 +1,5 @@
-"""Fine-tuning (or training from scratch) on labelled volumes, on one process or with torch DDP.
+"""Fine-tuning (or training from scratch) on labelled volumes, on one process or as one DDP rank of
+several (launched by torchrun: launch.py).
 
 One step = `clips_per_step` clips through `ClipObjective`, AdamW with linear warm-up then cosine
 decay, gradient clipping, bf16 autocast on CUDA. Validation runs the engine exactly as the infer task
@@ -73,6 +74,28 @@ class TrainResult:
     steps: int
     seconds: float
     stopped: bool = False
+    rank_digests: list[str] = field(default_factory=list)  # sha256 of each rank's weights after the last step
+
+
+def weights_digest(model) -> str:
+    """sha256 of the model's weights (parameters and buffers, in order): equal on every DDP rank."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _agree(stop: bool, world_size: int) -> bool:
+    """Rank 0's decision to stop, for every rank (ranks must run the same number of steps: DDP)."""
+    if world_size <= 1:
+        return stop
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"  # NCCL moves GPU tensors only
+    flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 # A model this small (this project's own configs, the demo model) trains like one trained from scratch:
@@ -222,8 +245,8 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         opt.step()
         sched.step()
         entry = {"step": step, "lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in parts.items()}}
-        out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
-        stop = should_stop()
+        out_of_time = _agree(cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes, world_size)
+        stop = _agree(should_stop(), world_size)
         if is_main and val_pairs and (step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time):
             entry["val_dice"] = one_click_dice(model, val_pairs, cfg.intensity)
             if not (entry["val_dice"] <= best):  # also true when best is nan
@@ -238,6 +261,12 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         if out_of_time:
             break
 
+    digests = []
+    if world_size > 1:  # DDP averages the gradients: every rank must hold the very same weights
+        digests = [None] * world_size
+        torch.distributed.all_gather_object(digests, weights_digest(model))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the ranks' weights differ after {step} steps ({digests}); nothing was published")
     published = None
     if is_main and not stopped:
         if best_state is not None:
@@ -250,26 +279,4 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
                 "model_config": cfg.model_config, "image_size": int(model.image_size), "steps": step,
                 "val_dice": best, "initial_val_dice": initial, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
-    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped)
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, cfg, train_pairs, val_pairs, results):
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    torch.distributed.init_process_group(backend, rank=rank, world_size=world_size)
-    try:
-        result = train(cfg, train_pairs, val_pairs, rank=rank, world_size=world_size)
-        if rank == 0:
-            results.put(result)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def train_distributed(cfg: TrainConfig, train_pairs, val_pairs, world_size: int, port: int = 29512) -> TrainResult:
-    """Run `train` on `world_size` processes with torch DDP (NCCL on GPUs, gloo on CPU)."""
-    ctx = torch.multiprocessing.get_context("spawn")
-    results = ctx.SimpleQueue()
-    torch.multiprocessing.spawn(_ddp_worker, args=(world_size, port, cfg, train_pairs, val_pairs, results),
-                                nprocs=world_size, join=True)
-    return results.get()
+    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped, digests)

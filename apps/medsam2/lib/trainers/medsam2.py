@@ -10,7 +10,8 @@ their next request. A stopped or failed run publishes nothing. Progress goes to 
 Request params: max_steps (1000), max_minutes (14: a default run ends within 15 minutes on 2 CPU
 cores; 0 = no limit), val_split (0.2), clip_len (8), max_objects (3),
 clips_per_step (2), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with
-true, torch DDP over all GPUs; on a CPU-only machine `cpu_processes` gloo processes, default 1),
+true, torch DDP launched by torchrun over all GPUs; on a CPU-only machine `cpu_processes` gloo
+processes, default 1: medsam2/training/launch.py),
 replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
 the demo model's training data is known, generated here; docs/training.md).
 """
@@ -21,8 +22,11 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -33,7 +37,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 from lib.infers.image_io import read_image
 from lib.params import flag
 from medsam2.service import ModelProvider
-from medsam2.training.loop import TrainConfig, train, train_distributed
+from medsam2.training.launch import result_path, write_job
+from medsam2.training.loop import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +82,8 @@ class MedSam2Trainer(TrainTask):
 
     @staticmethod
     def _pairs(datastore: Datastore):
-        pairs, skipped = [], []
+        """(image, label) arrays of every labelled image, their files, and what was skipped and why."""
+        pairs, files, skipped = [], [], []
         for item in datastore.datalist():
             try:
                 image, _ = read_image(item["image"])
@@ -90,7 +96,8 @@ class MedSam2Trainer(TrainTask):
                 skipped.append(f"{os.path.basename(item['image'])}: image {image.shape} vs label {label.shape}")
                 continue
             pairs.append((image.astype(np.float32), label))
-        return pairs, skipped
+            files.append((item["image"], item["label"]))
+        return pairs, files, skipped
 
     def __call__(self, request, datastore: Datastore):
         """Train and publish; a failed run publishes nothing and says why in the stats (/info train_stats)."""
@@ -129,7 +136,7 @@ class MedSam2Trainer(TrainTask):
 
     def _run(self, request, datastore: Datastore):
         t0 = time.time()
-        pairs, skipped = self._pairs(datastore)
+        pairs, files, skipped = self._pairs(datastore)
         if not pairs:
             raise ValueError("no saved labels to train on: save at least one label first")
         rng = np.random.default_rng(int(request.get("seed", 0)))
@@ -140,6 +147,7 @@ class MedSam2Trainer(TrainTask):
         n_val = min(max(n_val, 1 if len(pairs) > 1 and split > 0 else 0), max(len(pairs) - 1, 0))
         val = [pairs[i] for i in order[:n_val]]
         trn = [pairs[i] for i in order[n_val:]]
+        val_files, trn_files = [files[i] for i in order[:n_val]], [files[i] for i in order[n_val:]]
 
         current = self.provider.current_spec()
         cfg = self._check(TrainConfig(
@@ -181,9 +189,7 @@ class MedSam2Trainer(TrainTask):
 
         world = torch.cuda.device_count() if torch.cuda.is_available() else int(request.get("cpu_processes", 1))
         if flag(request.get("multi_gpu", False)) and world > 1:
-            result = train_distributed(cfg, trn, val, world_size=world)
-            for entry in result.history:
-                log(entry)
+            result = self._torchrun(cfg, trn_files, val_files, world, log)
         else:
             result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
         writer.close()
@@ -192,6 +198,32 @@ class MedSam2Trainer(TrainTask):
                       "published": str(result.published) if result.published else None})
         self._write_stats(stats)
         return stats
+
+
+    def _torchrun(self, cfg: TrainConfig, trn_files, val_files, world: int, log) -> SimpleNamespace:
+        """The run as `torchrun --nproc_per_node <world> -m medsam2.training.launch` (NCCL on GPUs, gloo
+        on CPUs), its rendezvous on 127.0.0.1; rank 0's log lines are passed on as they come."""
+        import socket
+
+        job = write_job(self.stats_path.parent / "torchrun-job.json", cfg, trn_files, val_files)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--nnodes", "1",
+               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+               "-m", "medsam2.training.launch", "--job", str(job)]
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        tail = []
+        for line in proc.stdout:
+            tail = (tail + [line])[-40:]
+            if line.startswith("medsam2 train: "):
+                log(json.loads(line[len("medsam2 train: "):]))
+        if proc.wait() != 0:
+            raise RuntimeError(f"torchrun exited with {proc.returncode}: {''.join(tail)[-2000:]}")
+        out = json.loads(result_path(job).read_text())
+        return SimpleNamespace(steps=out["steps"], initial_dice=out["initial_dice"], best_dice=out["best_dice"],
+                               published=out["published"])
 
 
 def _still_running(process: dict | None) -> bool:

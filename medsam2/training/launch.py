@@ -1,0 +1,112 @@
+"""Fine-tuning on several processes, on one machine or several, launched by torchrun.
+
+    # one machine, 4 GPUs (NCCL) or 2 CPU processes (gloo):
+    torchrun --nproc_per_node 4 -m medsam2.training.launch --job JOB.json
+    # two GPU nodes, 8 GPUs each: the same command on each node, node_rank 0 and 1
+    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_backend c10d \\
+        --rdzv_endpoint HEAD_NODE:29400 --rdzv_id medsam2 -m medsam2.training.launch --job JOB.json
+
+JOB.json holds the training settings (`TrainConfig`'s fields: model config, starting checkpoint, where
+to publish, steps, ...) and the training and validation pairs as image/label file paths, which every
+rank reads itself (a shared folder on several nodes). torchrun sets RANK, WORLD_SIZE and the
+rendezvous; each rank trains with DDP (gradients averaged: the same weights on every rank after
+every step, checked at the end by a digest of each rank's weights), rank 0 validates and publishes
+the checkpoint, and writes `<job>.result.json` (history, Dice, digests, the published file). The
+server's `/train` with `multi_gpu` writes such a job (`write_job`) and runs this command
+(apps/medsam2/lib/trainers/medsam2.py); by hand, any JSON with these keys works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .loop import TrainConfig, TrainResult, train
+
+PATH_FIELDS = ("out_checkpoint", "init_checkpoint")
+
+
+def config_to_json(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_from_json(data: dict) -> TrainConfig:
+    """TrainConfig from `config_to_json`'s output: nested settings rebuilt as their dataclasses."""
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            value = type(f.default_factory())(**value)
+        elif f.name in PATH_FIELDS and value is not None:
+            value = Path(value)
+        values[f.name] = value
+    return TrainConfig(**values)
+
+
+def write_job(path: Path, cfg: TrainConfig, train_files: list, val_files: list) -> Path:
+    """A job file for `torchrun ... -m medsam2.training.launch --job path`."""
+    path = Path(path)
+    path.write_text(json.dumps({"config": config_to_json(cfg), "train": [list(map(str, p)) for p in train_files],
+                                "val": [list(map(str, p)) for p in val_files]}, indent=1))
+    return path
+
+
+def read_pairs(files: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, label) arrays from (image path, label path) pairs, read by MONAI's LoadImage."""
+    from monai.transforms import LoadImage
+
+    load = LoadImage(image_only=True)
+    pairs = []
+    for image_path, label_path in files:
+        image = np.squeeze(np.asarray(load(image_path), dtype=np.float32))
+        label = np.squeeze(np.asarray(load(label_path))).astype(np.int64)
+        pairs.append((image, label))
+    return pairs
+
+
+def result_path(job: Path) -> Path:
+    return Path(job).with_suffix(".result.json")
+
+
+def run(job: Path) -> TrainResult | None:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    spec = json.loads(Path(job).read_text())
+    cfg = config_from_json(spec["config"])
+    if world > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)  # env:// (torchrun's rendezvous)
+    try:
+        log = (lambda entry: print(f"medsam2 train: {json.dumps(entry, default=float)}", flush=True)) if rank == 0 \
+            else (lambda entry: None)
+        result = train(cfg, read_pairs(spec["train"]), read_pairs(spec["val"]), log=log, rank=rank, world_size=world)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        out = {**dataclasses.asdict(result), "published": str(result.published) if result.published else None,
+               "world_size": world}
+        tmp = result_path(job).with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, default=float, indent=1))
+        os.replace(tmp, result_path(job))
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m medsam2.training.launch", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--job", type=Path, required=True, help="the job file (module docstring)")
+    args = ap.parse_args(argv)
+    run(args.job)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Fine-tuning launched by torchrun: 2 CPU processes (gloo) hold the same weights and one file is
+published (medsam2/training/launch.py). Run alone with `pytest -m torchrun`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import free_port
+
+from medsam2.phantoms import make_phantom, save_nifti
+from medsam2.training.launch import config_from_json, config_to_json, result_path, write_job
+from medsam2.training.loop import TrainConfig
+
+pytestmark = pytest.mark.torchrun
+
+
+def test_a_job_file_keeps_every_training_setting(tmp_path):
+    from medsam2.training.clips import Augment
+
+    cfg = TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp_path / "out.pt", max_steps=7,
+                      augment=Augment(p_flip=0.25), lr=1e-4)
+    assert config_from_json(json.loads(json.dumps(config_to_json(cfg)))) == cfg
+
+
+def test_two_gloo_ranks_train_the_same_weights_and_rank_0_alone_publishes(tmp_path):
+    files = []
+    for n, seed in enumerate((801, 802)):
+        save_nifti(make_phantom((32, 32, 8), seed=seed), tmp_path / f"image_{n}.nii.gz",
+                   tmp_path / f"label_{n}.nii.gz")
+        files.append((tmp_path / f"image_{n}.nii.gz", tmp_path / f"label_{n}.nii.gz"))
+    publish = tmp_path / "published" / "finetuned.pt"
+    cfg = TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=publish, max_steps=3, clip_len=3,
+                      max_objects=2, clips_per_step=1, warmup_steps=1, seed=3)
+    job = write_job(tmp_path / "job.json", cfg, files, [])
+    # loopback only: the rendezvous on 127.0.0.1, gloo's sockets on the loopback interface
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+                        "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
+                        "-m", "medsam2.training.launch",
+                        "--job", str(job)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads(result_path(job).read_text())
+    assert result["world_size"] == 2 and result["steps"] == 3
+    assert len(result["rank_digests"]) == 2 and len(set(result["rank_digests"])) == 1  # identical weights
+    assert result["published"] == str(publish) and publish.exists()
+    assert sorted(p.name for p in publish.parent.iterdir()) == ["finetuned.pt"]  # one file, written once

@@ -159,6 +159,31 @@ def test_a_label_saved_through_the_balancer_is_seen_by_every_replica(cluster, tm
             pytest.fail(f"{replica['name']} does not see the label saved through the balancer")
 
 
+def test_training_runs_once_across_replicas_and_every_replica_serves_what_it_published(cluster):
+    from conftest import wait_for_task
+
+    url = cluster["url"]
+    r1, r2 = (f"http://127.0.0.1:{r['port']}" for r in cluster["replicas"])
+    owners = cluster.get("owners") or {image: click(url, image)[0] for image in IMAGES}
+    mine = {owner: next(i for i, o in owners.items() if o == owner) for owner in ("r1", "r2")}
+    before = {owner: click(url, image)[1]["engine"]["model_version"] for owner, image in mine.items()}
+    assert before["r1"] == before["r2"]
+    r = requests.post(f"{r1}/train/medsam2", json={"max_steps": 40, "clip_len": 4, "val_every": 40}, timeout=60)
+    assert r.status_code == 200, r.text
+    deadline = time.time() + 120
+    while requests.get(f"{r1}/info/", timeout=30).json()["train_stats"]["medsam2"].get("status") != "RUNNING":
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert requests.post(f"{r2}/train/medsam2", json={"max_steps": 40}, timeout=60).status_code == 200
+    refused = wait_for_task(r2, "train", 120)
+    assert refused["status"] == "ERROR" and "already running" in json.dumps(refused), refused
+    stats = [requests.get(f"{u}/info/", timeout=30).json()["train_stats"]["medsam2"] for u in (r1, r2)]
+    assert stats[0]["status"] == "RUNNING" and stats[0]["process"] == stats[1]["process"]  # one run, seen by both
+    assert wait_for_task(r1, "train", 600)["status"] == "DONE"
+    after = {owner: click(url, image)[1]["engine"]["model_version"] for owner, image in mine.items()}
+    assert after["r1"] == after["r2"] != before["r1"]  # both replicas serve the published weights
+
+
 def test_a_killed_replica_hands_its_images_over_and_takes_them_back(cluster):
     url = cluster["url"]
     owners = cluster.get("owners") or {image: click(url, image)[0] for image in IMAGES}

@@ -18,6 +18,7 @@ the demo model's training data is known, generated here; docs/training.md).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -100,12 +101,25 @@ class MedSam2Trainer(TrainTask):
         return pairs, files, skipped
 
     def __call__(self, request, datastore: Datastore):
-        """Train and publish; a failed run publishes nothing and says why in the stats (/info train_stats)."""
+        """Train and publish; a failed run publishes nothing and says why in the stats (/info train_stats).
+        One run at a time per model folder, across processes: replicas sharing the folder (and so its
+        published weights and these stats) never train at once; a second run is refused and leaves the
+        running one's stats alone."""
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.stats_path.with_suffix(".lock"), "w")  # held until this run's process ends
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RuntimeError("a fine-tuning run is already running for this model folder (on this server or "
+                               "another replica sharing it); nothing was started") from None
         try:
             return self._run(request, datastore)
         except Exception as e:
             self._write_stats({**self.stats(), "status": "FAILED", "error": f"{type(e).__name__}: {e}"})
             raise
+        finally:
+            lock.close()
 
     @staticmethod
     def _replay_pairs(cfg: TrainConfig):

@@ -122,10 +122,13 @@ def wait_ready(ports: list[int], procs: list[subprocess.Popen], timeout_s: float
                 raise RuntimeError(f"a replica exited with {proc.returncode} (see its log in the run folder)")
         for p in list(pending):
             try:
-                if requests.get(f"http://127.0.0.1:{p}/ready", timeout=5).status_code == 200:
-                    pending.discard(p)
+                r = requests.get(f"http://127.0.0.1:{p}/ready", timeout=5)
             except requests.RequestException:
-                pass
+                continue  # not listening yet
+            if r.status_code == 200:
+                pending.discard(p)
+            elif r.status_code == 503 and "loading" not in r.text:  # the model cannot be loaded: say why
+                raise RuntimeError(f"the replica on port {p} cannot load its model: {r.text}")
         time.sleep(1)
     if pending:
         raise RuntimeError(f"replicas on ports {sorted(pending)} not ready after {timeout_s:.0f} s")

@@ -257,3 +257,15 @@ def test_teacher_forced_memories_are_the_true_masks_encoded(twin_clips):
     tracked = [m for m, from_pts in encoded if not from_pts][-(clip.frames.shape[0] - 1):]
     for t, masks in enumerate(tracked, start=1):  # the memory of tracked frame t: its true masks, +-20 logits
         assert torch.equal(masks > 0, clip.masks[t][:, None]) and masks.abs().min() == 20
+
+
+def test_a_candidate_that_does_not_beat_the_served_model_by_the_margin_is_not_published(tmp_path):
+    from medsam2.training.loop import TrainConfig, train
+
+    pairs = [(p.image, p.label) for p in (make_phantom((32, 32, 8), seed=s) for s in (41, 42))]
+    out = tmp_path / "finetuned.pt"
+    cfg = TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=out, max_steps=2, val_every=1, clip_len=3,
+                      clips_per_step=1, warmup_steps=1, promote_margin=1.0)  # Dice can never gain 1.0
+    result = train(cfg, pairs[:1], pairs[1:], log=lambda entry: None)
+    assert result.published is None and not out.exists()
+    assert "does not beat the served model" in result.not_promoted

@@ -44,6 +44,7 @@ class TrainConfig:
     postprocess: Postprocess = field(default_factory=Postprocess)  # kept in the published file's meta
     augment: Augment = field(default_factory=Augment)  # how clips differ from their volumes (clips.py)
     replay_share: float = 0.0  # share of clips drawn from the replay pairs given to train() (clips.ReplaySampler)
+    promote_margin: float = 0.01  # a candidate is published only if its validation Dice beats the served model's by this
     max_steps: int = 200
     max_minutes: float | None = None
     lr: float | None = None  # default: default_lr (3e-4 from scratch or for a small model, 5e-5 for a large one)
@@ -74,6 +75,7 @@ class TrainResult:
     steps: int
     seconds: float
     stopped: bool = False
+    not_promoted: str = ""  # why a finished run published nothing ("" when it published or was stopped)
     rank_digests: list[str] = field(default_factory=list)  # sha256 of each rank's weights after the last step
 
 
@@ -267,11 +269,16 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         torch.distributed.all_gather_object(digests, weights_digest(model))
         if len(set(digests)) != 1:
             raise RuntimeError(f"the ranks' weights differ after {step} steps ({digests}); nothing was published")
-    published = None
+    published, not_promoted = None, ""
+    # the served model's score on the validation images is `initial` (measured before the first step)
+    beats = best_state is not None and (not math.isfinite(initial) or best >= initial + cfg.promote_margin)
+    if is_main and not stopped and val_pairs and not beats:
+        not_promoted = (f"the best candidate (validation Dice {best:.3f}) does not beat the served model "
+                        f"({initial:.3f}) by {cfg.promote_margin}: nothing was published")
     if is_main and not stopped:
-        if best_state is not None:
+        if beats:
             model.load_state_dict(best_state)
-        if best_state is not None or not val_pairs:
+        if beats or not val_pairs:
             if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
                 raise FloatingPointError("training diverged: the weights are no longer finite numbers; nothing was "
                                          "published (try a lower lr)")
@@ -279,4 +286,4 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
                 "model_config": cfg.model_config, "image_size": int(model.image_size), "steps": step,
                 "val_dice": best, "initial_val_dice": initial, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
-    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped, digests)
+    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped, not_promoted, digests)

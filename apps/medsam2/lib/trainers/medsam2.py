@@ -1,7 +1,8 @@
 """The `medsam2` train task: fine-tune on the labels clinicians saved, publish, serve without restart.
 
 MONAI Label runs it in a subprocess (`POST /train/medsam2`). It reads every image with a saved
-label from the datastore (3D volumes and 2D images), holds out a validation split, trains with the
+label from the datastore (3D volumes and 2D images), holds out the validation images (chosen by image
+id and kept for every later run: medsam2/training/validation.py), trains with the
 project's trainer (medsam2/training/loop.py) starting from the weights being served, and publishes
 the best weights atomically to the provider's fine-tuned checkpoint; the infer tasks pick them up on
 their next request. A stopped or failed run publishes nothing. Progress goes to stdout (shown in
@@ -13,7 +14,9 @@ clips_per_step (2), lr, train_modules (auto | all | no_image_encoder), seed, mul
 true, torch DDP launched by torchrun over all GPUs; on a CPU-only machine `cpu_processes` gloo
 processes, default 1: medsam2/training/launch.py),
 replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
-the demo model's training data is known, generated here; docs/training.md).
+the demo model's training data is known, generated here; docs/training.md), promote_margin (0.01: a
+candidate is published only if its validation Dice beats the served model's, measured on the same
+images at the start of the run, by this much).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from lib.params import flag
 from medsam2.service import ModelProvider
 from medsam2.training.launch import result_path, write_job
 from medsam2.training.loop import TrainConfig, train
+from medsam2.training.validation import ValidationSet
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +145,8 @@ class MedSam2Trainer(TrainTask):
             bad.append(f"lr={cfg.lr}")
         if not 0 <= cfg.replay_share < 1:
             bad.append(f"replay={cfg.replay_share}")
+        if not math.isfinite(cfg.promote_margin):
+            bad.append(f"promote_margin={cfg.promote_margin}")
         if cfg.max_minutes is not None and not math.isfinite(cfg.max_minutes):
             bad.append(f"max_minutes={cfg.max_minutes}")
         if bad:
@@ -153,15 +159,15 @@ class MedSam2Trainer(TrainTask):
         pairs, files, skipped = self._pairs(datastore)
         if not pairs:
             raise ValueError("no saved labels to train on: save at least one label first")
-        rng = np.random.default_rng(int(request.get("seed", 0)))
-        order = rng.permutation(len(pairs))
-        split = float(request.get("val_split", 0.2))
-        n_val = int(round(len(pairs) * split)) if len(pairs) > 1 else 0
-        # at least one validation image when there is a split at all; val_split 0: train on every image
-        n_val = min(max(n_val, 1 if len(pairs) > 1 and split > 0 else 0), max(len(pairs) - 1, 0))
-        val = [pairs[i] for i in order[:n_val]]
-        trn = [pairs[i] for i in order[n_val:]]
-        val_files, trn_files = [files[i] for i in order[:n_val]], [files[i] for i in order[n_val:]]
+        # the validation images: chosen by image id, and kept for every later run (training/validation.py)
+        ids = [os.path.basename(image) for image, _ in files]
+        val_ids, _ = ValidationSet(self.stats_path.parent / f"{self.name}_validation.json").split(
+            ids, float(request.get("val_split", 0.2)))
+        is_val = [image_id in set(val_ids) for image_id in ids]
+        val = [pair for pair, v in zip(pairs, is_val) if v]
+        trn = [pair for pair, v in zip(pairs, is_val) if not v]
+        val_files = [f for f, v in zip(files, is_val) if v]
+        trn_files = [f for f, v in zip(files, is_val) if not v]
 
         current = self.provider.current_spec()
         cfg = self._check(TrainConfig(
@@ -181,9 +187,11 @@ class MedSam2Trainer(TrainTask):
             train_modules=str(request.get("train_modules", "auto")),
             seed=int(request.get("seed", 0)),
             replay_share=float(request.get("replay", 0) or 0),
+            promote_margin=float(request.get("promote_margin", TrainConfig.promote_margin)),
         ))
         me = psutil.Process()
         stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
+                 "validation": [i for i, v in zip(ids, is_val) if v],
                  "start_from": str(current.checkpoint or "random weights"), "history": [],
                  "process": {"pid": me.pid, "started": me.create_time()}}
         self._write_stats(stats)
@@ -209,7 +217,8 @@ class MedSam2Trainer(TrainTask):
         writer.close()
         stats.update({"status": "DONE", "steps": result.steps, "seconds": round(time.time() - t0, 1),
                       "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
-                      "published": str(result.published) if result.published else None})
+                      "published": str(result.published) if result.published else None,
+                      "not_promoted": getattr(result, "not_promoted", "")})
         self._write_stats(stats)
         return stats
 
@@ -237,7 +246,7 @@ class MedSam2Trainer(TrainTask):
             raise RuntimeError(f"torchrun exited with {proc.returncode}: {''.join(tail)[-2000:]}")
         out = json.loads(result_path(job).read_text())
         return SimpleNamespace(steps=out["steps"], initial_dice=out["initial_dice"], best_dice=out["best_dice"],
-                               published=out["published"])
+                               published=out["published"], not_promoted=out.get("not_promoted", ""))
 
 
 def _still_running(process: dict | None) -> bool:

@@ -225,6 +225,8 @@ class ServerSettings(_Options):
                                         parse=parse_names, main=True)
     model_dir: str | None = option(None, "the model folder (manifest, downloads, fine-tuned weights); default: the "
                                    "repository's `model/`")
+    keep_versions: int = option(10, "fine-tuned versions kept in `model/versions/` (never the served one nor its "
+                                "parent) ([training](training.md))", minimum=2)
     replica: str = option("", "this replica's name behind a balancer: sent as `X-Replica` on every answer, the model "
                           "loaded at start (`GET /ready`) ([deployment](deployment.md))", parse=str.strip)
     balancer_url: str = option("", "the balancer in front of the replicas: Next Sample's image is encoded ahead on "

@@ -69,6 +69,34 @@ def test_training_from_scratch_makes_the_served_model_better_without_a_restart(l
     assert after > before + 0.2 and after > 0.5
 
 
+def test_every_publish_is_a_version_and_a_rollback_serves_the_old_weights(learning_server):
+    server = learning_server
+    listing = requests.get(f"{server.url}/model/medsam2/versions", timeout=30).json()
+    assert requests.get(f"{server.url}/info/", timeout=30).json()["model_versions"]["medsam2"] == listing
+    trained = listing["versions"][-1]
+    assert listing["served"] == trained["id"] and trained["parent"] == "base"
+    assert trained["val_dice"] > trained["parent_val_dice"] and trained["train_images"] == 5
+    before = one_click_dice(server, HELD_OUT, 900)
+    r = requests.post(f"{server.url}/model/medsam2/rollback", params={"version": "base"}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"served": "base"}
+    assert one_click_dice(server, HELD_OUT, 900) < before - 0.2  # the untrained weights again
+    for bad, status in (("20990101T000000Z-deadbeef", 404), ("../../x", 404)):
+        r = requests.post(f"{server.url}/model/medsam2/rollback", params={"version": bad}, timeout=30)
+        assert r.status_code == status and "no version" in r.json()["detail"]
+    r = requests.post(f"{server.url}/model/medsam2/rollback", params={"version": trained["id"]}, timeout=30)
+    assert r.status_code == 200
+    assert one_click_dice(server, HELD_OUT, 900) == before  # the same weights: the same mask
+    kept = server.model_dir / "versions" / "medsam2" / f"{trained['id']}.pt"
+    good = kept.read_bytes()
+    kept.write_bytes(good[:-100])  # damaged on disk
+    try:
+        r = requests.post(f"{server.url}/model/medsam2/rollback", params={"version": trained["id"]}, timeout=30)
+        assert r.status_code == 409 and "damaged" in r.json()["detail"]
+        assert one_click_dice(server, HELD_OUT, 900) == before  # nothing changed
+    finally:
+        kept.write_bytes(good)
+
+
 def test_a_stopped_run_leaves_the_served_weights_intact(learning_server):
     server = learning_server
     served = next((server.model_dir / "finetuned").glob("*.pt"))

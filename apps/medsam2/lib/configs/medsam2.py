@@ -19,6 +19,7 @@ from medsam2.frames import Intensity
 from medsam2.oneprompt import BankStore
 from medsam2.service import ImageFile, InteractiveSegmenter, ModelProvider
 from medsam2.settings import ServerSettings
+from medsam2.versions import VersionStore
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class MedSam2Config(TaskConfig):
         self.provider.check_at_startup()  # a config that contradicts the checkpoint file stops the server here
         self.engine = InteractiveSegmenter(self.provider)
         self.banks = BankStore(os.path.join(model_dir, "oneprompt"), capacity=self.settings.engine.memory_capacity)
+        # every published fine-tune kept, and the way back (medsam2/versions.py)
+        self.versions = VersionStore(os.path.join(model_dir, "versions", name), self.provider.finetuned_path,
+                                     keep=self.settings.keep_versions)
 
     def infer(self):
         return {
@@ -52,7 +56,7 @@ class MedSam2Config(TaskConfig):
         self.engine.encode_ahead(user, image_id, locate, Intensity.parse(self.settings.engine.intensity))
 
     def trainer(self):
-        return MedSam2Trainer(self.provider, self.model_dir, self.name)
+        return MedSam2Trainer(self.provider, self.model_dir, self.name, versions=self.versions)
 
     def strategy(self):
         return {"least_confident": LeastConfident()}

@@ -44,6 +44,7 @@ from medsam2.service import ModelProvider
 from medsam2.training.launch import result_path, write_job
 from medsam2.training.loop import TrainConfig, train
 from medsam2.training.validation import ValidationSet
+from medsam2.versions import VersionStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,12 @@ DEFAULT_MINUTES = 14.0
 
 
 class MedSam2Trainer(TrainTask):
-    def __init__(self, provider: ModelProvider, model_dir: str, name: str = "medsam2"):
+    def __init__(self, provider: ModelProvider, model_dir: str, name: str = "medsam2",
+                 versions: VersionStore | None = None):
         super().__init__("Fine-tune MedSAM-2 on saved labels (clips through the labelled structures)")
         self.provider = provider
         self.name = name
+        self.versions = versions  # each publish kept as a version (medsam2/versions.py)
         self.stats_path = Path(model_dir) / "train" / f"{name}_stats.json"
         self.runs_dir = Path(model_dir) / "runs" / name
 
@@ -215,6 +218,10 @@ class MedSam2Trainer(TrainTask):
         else:
             result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
         writer.close()
+        if result.published and self.versions is not None:
+            version = self.versions.record(Path(result.published), train_images=len(trn), val_dice=result.best_dice,
+                                           parent_val_dice=result.initial_dice, settings=dict(request))
+            stats["version"] = version.id
         stats.update({"status": "DONE", "steps": result.steps, "seconds": round(time.time() - t0, 1),
                       "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
                       "published": str(result.published) if result.published else None,

@@ -75,6 +75,13 @@ def parse_json_labels(text: str) -> dict:
     return labels
 
 
+def _json_object(text: str) -> dict:
+    value = json.loads(text) if isinstance(text, str) else text
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     return tuple(m.strip().upper() for m in str(text).split(",") if m.strip())
 
@@ -225,6 +232,12 @@ class ServerSettings(_Options):
                                         parse=parse_names, main=True)
     model_dir: str | None = option(None, "the model folder (manifest, downloads, fine-tuned weights); default: the "
                                    "repository's `model/`")
+    train_every: int = option(0, "start a fine-tuning run by itself after this many new saved final labels (0: off) "
+                              "([training](training.md))", minimum=0)
+    train_at: str = option("", "start a fine-tuning run by itself once a day at this time, `HH:MM`, when a new label "
+                           "exists (empty: off)", parse=str.strip)
+    auto_train_params: dict = option({}, "JSON of the `/train` params those runs take, such as `{\"max_steps\": 500}`",
+                                     parse=lambda s: _json_object(s))
     keep_versions: int = option(10, "fine-tuned versions kept in `model/versions/` (never the served one nor its "
                                 "parent) ([training](training.md))", minimum=2)
     replica: str = option("", "this replica's name behind a balancer: sent as `X-Replica` on every answer, the model "
@@ -237,6 +250,11 @@ class ServerSettings(_Options):
         if self.engine is None:
             object.__setattr__(self, "engine", EngineSettings())
         super().__post_init__()
+
+    def check(self) -> None:
+        super().check()
+        if self.train_at and not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", self.train_at):
+            raise SettingsError(f"--conf train_at must be a time of day as HH:MM (00:00 to 23:59); got {self.train_at!r}")
 
     @classmethod
     def from_conf(cls, conf: typing.Mapping) -> "ServerSettings":

@@ -18,7 +18,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from lib import encode_ahead, model_versions, monailabel_patches, replicas
+from lib import encode_ahead, model_versions, monailabel_patches, replicas, train_schedule
 from lib.monailabel_patches import dicom_proxy, ohif_viewer
 from lib.monailabel_patches.app import PatchedApp
 from lib.image_ids import check_image_id
@@ -49,6 +49,7 @@ class MedSam2App(PatchedApp, MONAILabelApp):
     def info(self):
         meta = super().info()
         meta["model_versions"] = {name: config.versions.describe() for name, config in self.models.items()}
+        meta["train_schedule"] = {name: config.schedule.describe(self.datastore()) for name, config in self.models.items()}
         return meta
 
     def init_infers(self) -> Dict[str, InferTask]:
@@ -109,3 +110,4 @@ class MedSam2App(PatchedApp, MONAILabelApp):
         replicas.install(fastapi_app, self.settings.replica, [c.provider for c in self.models.values()],
                          self.encode_ahead)
         model_versions.install(fastapi_app, {name: config.versions for name, config in self.models.items()})
+        train_schedule.install(self, {name: config.schedule for name, config in self.models.items()})

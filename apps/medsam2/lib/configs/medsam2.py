@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from monailabel.interfaces.config import TaskConfig
 
@@ -14,6 +15,7 @@ from lib.infers.image_io import image_identity, load_volume
 from lib.infers.medsam2 import MedSam2InferTask
 from lib.infers.oneprompt import OnePromptInferTask
 from lib.infers.scribbles import MedSam2ScribblesInferTask
+from lib.train_schedule import TrainSchedule
 from lib.trainers.medsam2 import MedSam2Trainer
 from medsam2.frames import Intensity
 from medsam2.oneprompt import BankStore
@@ -33,6 +35,8 @@ class MedSam2Config(TaskConfig):
         self.engine = InteractiveSegmenter(self.provider)
         self.banks = BankStore(os.path.join(model_dir, "oneprompt"), capacity=self.settings.engine.memory_capacity)
         # every published fine-tune kept, and the way back (medsam2/versions.py)
+        self.schedule = TrainSchedule(name, Path(model_dir) / "train", self.settings.train_every,
+                                      self.settings.train_at, self.settings.auto_train_params)
         self.versions = VersionStore(os.path.join(model_dir, "versions", name), self.provider.finetuned_path,
                                      keep=self.settings.keep_versions)
 

@@ -40,6 +40,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.infers.image_io import read_image
 from lib.params import flag
+from lib.train_schedule import mark_done
 from medsam2.service import ModelProvider
 from medsam2.training.launch import result_path, write_job
 from medsam2.training.loop import TrainConfig, train
@@ -222,6 +223,7 @@ class MedSam2Trainer(TrainTask):
             version = self.versions.record(Path(result.published), train_images=len(trn), val_dice=result.best_dice,
                                            parent_val_dice=result.initial_dice, settings=dict(request))
             stats["version"] = version.id
+        mark_done(self.stats_path.parent, self.name, t0)  # the labels saved before this run are used up
         stats.update({"status": "DONE", "steps": result.steps, "seconds": round(time.time() - t0, 1),
                       "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
                       "published": str(result.published) if result.published else None,

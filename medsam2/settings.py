@@ -238,6 +238,8 @@ class ServerSettings(_Options):
                            "exists (empty: off)", parse=str.strip)
     auto_train_params: dict = option({}, "JSON of the `/train` params those runs take, such as `{\"max_steps\": 500}`",
                                      parse=lambda s: _json_object(s))
+    mlflow_uri: str = option("", "where fine-tuning runs are tracked: an MLflow tracking URI; empty: `model/mlflow.db` "
+                             "([training](training.md))", parse=str.strip)
     keep_versions: int = option(10, "fine-tuned versions kept in `model/versions/` (never the served one nor its "
                                 "parent) ([training](training.md))", minimum=2)
     replica: str = option("", "this replica's name behind a balancer: sent as `X-Replica` on every answer, the model "

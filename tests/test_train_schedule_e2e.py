@@ -53,6 +53,15 @@ def test_the_second_new_label_starts_a_run_and_a_restart_keeps_the_count(tmp_pat
             time.sleep(2)
         assert versions["served"] == versions["versions"][0]["id"] and versions["versions"][0]["train_images"] == 2
         assert "starting a fine-tuning run of medsam2 by itself: 2 new labels" in server.log.read_text()
+        # tracked in MLflow: the run, its loss per step, the published checkpoint, the version it was kept as
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'model' / 'mlflow.db'}")
+        (run,) = mlflow.search_runs(experiment_names=["medsam2 fine-tuning"], output_format="list")
+        assert run.data.tags["version"] == versions["served"] and run.info.status == "FINISHED"
+        assert "loss" in run.data.metrics and run.data.params["max_steps"] == "2"
+        artifacts = mlflow.MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
+        assert [a.path.endswith(".pt") for a in artifacts] == [True]
         assert schedule_of(server.url)["labels_since_last_run"] == 0  # used up by the run
         save_final_label(server.url, IMAGES[2], 722, tmp_path)
         assert schedule_of(server.url)["labels_since_last_run"] == 1

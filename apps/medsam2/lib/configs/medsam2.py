@@ -60,7 +60,8 @@ class MedSam2Config(TaskConfig):
         self.engine.encode_ahead(user, image_id, locate, Intensity.parse(self.settings.engine.intensity))
 
     def trainer(self):
-        return MedSam2Trainer(self.provider, self.model_dir, self.name, versions=self.versions)
+        return MedSam2Trainer(self.provider, self.model_dir, self.name, versions=self.versions,
+                              mlflow_uri=self.settings.mlflow_uri)
 
     def strategy(self):
         return {"least_confident": LeastConfident()}

@@ -21,6 +21,7 @@ images at the start of the run, by this much).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -44,6 +45,7 @@ from lib.train_schedule import mark_done
 from medsam2.service import ModelProvider
 from medsam2.training.launch import result_path, write_job
 from medsam2.training.loop import TrainConfig, train
+from medsam2.training.tracking import RunTracker, default_uri
 from medsam2.training.validation import ValidationSet
 from medsam2.versions import VersionStore
 
@@ -57,11 +59,13 @@ DEFAULT_MINUTES = 14.0
 
 class MedSam2Trainer(TrainTask):
     def __init__(self, provider: ModelProvider, model_dir: str, name: str = "medsam2",
-                 versions: VersionStore | None = None):
+                 versions: VersionStore | None = None, mlflow_uri: str = ""):
         super().__init__("Fine-tune MedSAM-2 on saved labels (clips through the labelled structures)")
         self.provider = provider
         self.name = name
         self.versions = versions  # each publish kept as a version (medsam2/versions.py)
+        self.mlflow_uri = mlflow_uri  # "" : the model folder's own MLflow database (training/tracking.py)
+        self.model_dir = Path(model_dir)
         self.stats_path = Path(model_dir) / "train" / f"{name}_stats.json"
         self.runs_dir = Path(model_dir) / "runs" / name
 
@@ -201,10 +205,16 @@ class MedSam2Trainer(TrainTask):
         self._write_stats(stats)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(self.runs_dir / time.strftime("%Y%m%d-%H%M%S")))
+        run_name = time.strftime("%Y%m%d-%H%M%S")
+        writer = SummaryWriter(str(self.runs_dir / run_name))
+        tracker = RunTracker(self.mlflow_uri or default_uri(self.model_dir), self.model_dir / "mlflow-artifacts",
+                             f"{self.name} {run_name}").__enter__()
+        tracker.params({**{k: v for k, v in dataclasses.asdict(cfg).items() if not isinstance(v, dict)},
+                        "train_images": len(trn), "val_images": len(val), "start_from": stats["start_from"]})
 
         def log(entry: dict):
             print(f"medsam2 train: {json.dumps(entry, default=float)}", flush=True)
+            tracker.metrics(entry)
             for k, v in entry.items():
                 if k not in ("step", "elapsed_s") and isinstance(v, (int, float)):
                     writer.add_scalar(f"train/{k}" if k != "val_dice" else "val/dice", v, entry["step"])
@@ -214,15 +224,25 @@ class MedSam2Trainer(TrainTask):
                 self._write_stats(stats)
 
         world = torch.cuda.device_count() if torch.cuda.is_available() else int(request.get("cpu_processes", 1))
-        if flag(request.get("multi_gpu", False)) and world > 1:
-            result = self._torchrun(cfg, trn_files, val_files, world, log)
-        else:
-            result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
-        writer.close()
+        try:
+            if flag(request.get("multi_gpu", False)) and world > 1:
+                result = self._torchrun(cfg, trn_files, val_files, world, log)
+            else:
+                result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
+        except BaseException as e:
+            tracker.__exit__(type(e), e, None)
+            raise
+        finally:
+            writer.close()
         if result.published and self.versions is not None:
             version = self.versions.record(Path(result.published), train_images=len(trn), val_dice=result.best_dice,
                                            parent_val_dice=result.initial_dice, settings=dict(request))
             stats["version"] = version.id
+        tracker.published(result.published, stats.get("version"), {
+            "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
+            "not_promoted": getattr(result, "not_promoted", "") or None})
+        tracker.__exit__(None, None, None)
+        stats["mlflow_run"] = tracker.run_id
         mark_done(self.stats_path.parent, self.name, t0)  # the labels saved before this run are used up
         stats.update({"status": "DONE", "steps": result.steps, "seconds": round(time.time() - t0, 1),
                       "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,

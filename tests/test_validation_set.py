@@ -27,3 +27,8 @@ def test_two_images_give_one_to_each_side_and_a_share_of_0_validates_nothing(tmp
     assert len(val) == 1 and len(train) == 1
     assert kept.split(["x.nii.gz", "y.nii.gz"], 0.2) == (val, train)  # the next run: the same
     assert kept.split(["x.nii.gz", "y.nii.gz"], 0.0) == ([], ["x.nii.gz", "y.nii.gz"])
+
+
+def test_a_lone_image_trains_whatever_its_hash(tmp_path):
+    lone = next(i for i in IDS if hashed_fraction(i) < 0.2)  # one the hash would put in validation
+    assert ValidationSet(tmp_path / "validation.json").split([lone], 0.2) == ([], [lone])

@@ -7,8 +7,8 @@ training. The assignment is kept (`validation.json` in the model's train folder)
 validation stays there in every later run, and a training image stays in training (the model has
 learnt it). When two or more images exist and none validates, the new image whose hash is lowest
 moves to validation (a training image only when no new one is there: a validation image was
-deleted); when none would be left to train on, the reverse. A share of 0 trains on every image and
-changes nothing kept.
+deleted); when none would be left to train on (a lone image), the reverse. A share of 0 trains on every
+image and changes nothing kept.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class ValidationSet:
             first = min(new or present, key=hashed_fraction)
             training.discard(first)
             validation.add(first)
-        if len(present) >= 2 and not (training & present):  # something must be left to train on
+        if present and not (training & present):  # something must be left to train on (a lone image trains)
             last = max(validation & present - set(data["validation"]) or validation & present, key=hashed_fraction)
             validation.discard(last)
             training.add(last)

@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     conf = {"checkpoint": REPO / "model" / "demo" / "medsam2_demo.pt", "model_config": DEMO_CONFIG,
             "model_dir": work / "model", "train_every": args.train_every, "encoder_runtime": "torch",
             "auto_train_params": json.dumps({"max_steps": args.steps, "clip_len": 6, "val_split": 0.25,
-                                             "val_every": max(1, args.steps // 3)})}
+                                             "val_every": max(1, args.steps // 3)},
+                                            separators=(",", ":"))}  # no spaces: the monailabel script splits on them
     url, proc = launch_server(studies, conf, work / "server.log", {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     rows = []
     try:

@@ -236,7 +236,8 @@ class ServerSettings(_Options):
                               "([training](training.md))", minimum=0)
     train_at: str = option("", "start a fine-tuning run by itself once a day at this time, `HH:MM`, when a new label "
                            "exists (empty: off)", parse=str.strip)
-    auto_train_params: dict = option({}, "JSON of the `/train` params those runs take, such as `{\"max_steps\": 500}`",
+    auto_train_params: dict = option({}, "JSON of the `/train` params those runs take, without spaces (the `monailabel` "
+                                     "script splits arguments on them), such as `{\"max_steps\":500}`",
                                      parse=lambda s: _json_object(s))
     mlflow_uri: str = option("", "where fine-tuning runs are tracked: an MLflow tracking URI; empty: `model/mlflow.db` "
                              "([training](training.md))", parse=str.strip)

@@ -38,7 +38,7 @@ def test_the_second_new_label_starts_a_run_and_a_restart_keeps_the_count(tmp_pat
     studies = tmp_path / "studies"
     write_studies(studies, len(IMAGES), shape=SHAPE, seed=720)
     conf = {"checkpoint": "random", "model_config": "sam2.1_hiera_micro", "model_dir": tmp_path / "model",
-            "train_every": 2, "auto_train_params": json.dumps({"max_steps": 2, "clip_len": 3, "val_split": 0})}
+            "train_every": 2, "auto_train_params": json.dumps({"max_steps": 2, "clip_len": 3, "val_split": 0}, separators=(",", ":"))}
     server = start_server(studies, conf, tmp_path / "server.log", {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     try:
         assert schedule_of(server.url)["labels_since_last_run"] == 0

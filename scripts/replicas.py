@@ -50,7 +50,8 @@ http {{
   client_max_body_size 0;
   proxy_read_timeout 900s;
   proxy_send_timeout 900s;
-  proxy_request_buffering off;
+  # request bodies buffered (the default): a request whose replica died mid-way can be sent to the next one
+  proxy_request_buffering on;
   map $uri $series_in_path {{
     default "";
     "~^/proxy/dicom/[^/]+/studies/[^/]+/series/(?<series>[0-9.]+)" $series;

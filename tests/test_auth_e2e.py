@@ -190,6 +190,7 @@ HIDDEN = [
     ("post", "/proxy/dicom/stow/studies"),
     ("post", "/train/"), ("post", "/scoring/"),
     ("put", "/datastore/"), ("delete", "/datastore/"), ("put", "/datastore/updatelabelinfo"),
+    ("post", "/encode_ahead?image=x"),
 ]
 # What stays open with authentication on: the login itself and documentation (no images, labels or state)
 OPEN = {("get", "/auth/"), ("post", "/auth/token")}

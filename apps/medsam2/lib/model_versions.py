@@ -18,16 +18,16 @@ from medsam2.versions import DamagedVersion, UnknownVersion, VersionStore
 
 
 def install(fastapi_app, stores: dict[str, VersionStore]) -> None:
-    def store_of(name: str) -> VersionStore:
-        if name not in stores:
-            raise HTTPException(status_code=404, detail=f"no model {name!r}; models: {sorted(stores)}")
-        return stores[name]
+    def store_of(model: str) -> VersionStore:
+        if model not in stores:
+            raise HTTPException(status_code=404, detail=f"no model {model!r}; models: {sorted(stores)}")
+        return stores[model]
 
-    def versions(name: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
-        return store_of(name).describe()
+    def versions(model: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+        return store_of(model).describe()
 
-    def rollback(name: str, version: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
-        store = store_of(name)
+    def rollback(model: str, version: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        store = store_of(model)
         try:
             served = store.rollback(version)
         except UnknownVersion as e:
@@ -36,7 +36,7 @@ def install(fastapi_app, stores: dict[str, VersionStore]) -> None:
             raise HTTPException(status_code=409, detail=str(e)) from e
         return {"served": served}
 
-    add_first(fastapi_app, f"{settings.MONAI_LABEL_API_STR}/model/{{name}}/versions", versions, ["GET"],
+    add_first(fastapi_app, f"{settings.MONAI_LABEL_API_STR}/model/{{model}}/versions", versions, ["GET"],
               summary="The kept versions of a model", tags=["Model"])
-    add_first(fastapi_app, f"{settings.MONAI_LABEL_API_STR}/model/{{name}}/rollback", rollback, ["POST"],
+    add_first(fastapi_app, f"{settings.MONAI_LABEL_API_STR}/model/{{model}}/rollback", rollback, ["POST"],
               summary="Serve a kept version of a model from the next request", tags=["Model"])

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import requests
 
-from benchmarks.server import free_port, stop_server
+from benchmarks.server import launch_replicas, stop_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,42 +74,6 @@ def infer(url: str, image: str, params: dict, client: str, timeout: float = 300)
     else:
         out["error"] = r.text[:300]
     return out
-
-
-def start_cluster(n: int, studies: Path, run_dir: Path, conf: list[str]) -> tuple[str, subprocess.Popen]:
-    port = free_port()
-    while any(_busy(port + k) for k in range(1, n + 1)):
-        port = free_port()
-    cmd = [sys.executable, str(REPO / "scripts" / "replicas.py"), "--replicas", str(n), "--port", str(port),
-           "--studies", str(studies), "--run-dir", str(run_dir), "--", *conf]
-    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(run_dir / "replicas.out", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((run_dir / "replicas.out").read_text()[-3000:])
-        try:
-            if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                return url, proc
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    stop_server(proc)
-    raise RuntimeError("the cluster did not come up")
-
-
-def _busy(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return False
-        except OSError:
-            return True
 
 
 def run_annotators(url: str, plan: dict, users: int, deadline: float) -> list[dict]:
@@ -163,7 +125,8 @@ def main(argv=None) -> int:
     for n in [int(v) for v in args.replicas.split(",")]:
         run_dir = work / f"run{n}"
         run_dir.mkdir()
-        url, proc = start_cluster(n, studies, run_dir, conf + ["--conf", "model_dir", str(work / f"model{n}")])
+        url, proc = launch_replicas(studies, conf + ["--conf", "model_dir", str(work / f"model{n}")], run_dir, n,
+                                    env_extra={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
         try:
             if not reference:  # every distinct request alone, on the lone server: the reference answers
                 for image, visit in visits.items():

@@ -26,6 +26,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(count: int) -> int:
+    """A port p with p .. p + count - 1 all free on 127.0.0.1 (a balancer and its replicas)."""
+    while True:
+        base = free_port()
+        if base + count <= 65536 and all(_free(p) for p in range(base + 1, base + count)):
+            return base
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_until_answers(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None,
+                       headers: dict | None = None, every: float = 0.5) -> bool:
+    """Wait until GET `url` answers 200; False after `timeout` seconds. Raises RuntimeError (with the end of
+    `log`) when `proc` exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:] if log else ''}")
+        try:
+            if requests.get(url, headers=headers, timeout=5).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(every)
+    return False
+
+
+def launch_replicas(studies, conf_args: list[str], run_dir: Path, replicas: int = 2, options: list[str] = (),
+                    env_extra: dict | None = None, timeout: float = 600) -> tuple[str, subprocess.Popen]:
+    """`scripts/replicas.py`: `replicas` servers behind nginx on 127.0.0.1; the balancer's URL once its
+    /info/ answers. `options` go to replicas.py (e.g. --fail-timeout 3), `conf_args` to every server."""
+    port = free_port_run(replicas + 1)
+    cmd = [sys.executable, str(REPO / "scripts" / "replicas.py"), "--replicas", str(replicas), "--port", str(port),
+           "--studies", str(studies), "--run-dir", str(run_dir), *options, "--", *conf_args]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           **(env_extra or {})}
+    log = run_dir / "replicas.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    if not wait_until_answers(f"{url}/info/", timeout, proc, log, every=1.0):
+        stop_server(proc)
+        raise RuntimeError(f"the replicas did not come up within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    return url, proc
+
+
 def launch_server(studies, conf: dict, log: Path, env_extra: dict | None = None, timeout: float = 180,
                   ready_headers: dict | None = None) -> tuple[str, subprocess.Popen]:
     """Start the server on a free loopback port; return its URL once GET /info/ answers 200.
@@ -43,16 +96,11 @@ def launch_server(studies, conf: dict, log: Path, env_extra: dict | None = None,
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/info/", headers=ready_headers, timeout=5).status_code == 200:
-                return url, proc
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
+    try:
+        if wait_until_answers(f"{url}/info/", timeout, proc, log, headers=ready_headers):
+            return url, proc
+    except RuntimeError as e:
+        raise RuntimeError(f"server {e}") from None
     stop_server(proc)
     raise RuntimeError(f"server did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 

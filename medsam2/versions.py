@@ -12,13 +12,14 @@ pruned to `keep`, never the served one nor its parent.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .checkpoints import sha256_of
 
 BASE = "base"  # the configured checkpoint, served when no fine-tuned file is in place
 
@@ -45,14 +46,6 @@ class ModelVersion:
     parent: str  # the version served when the run started (BASE: the configured checkpoint)
     parent_val_dice: float | None  # the parent's Dice on the same images, measured at the run's start
     settings: dict = field(default_factory=dict)  # the run's request params
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class VersionStore:

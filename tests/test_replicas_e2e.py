@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import requests
 
 from conftest import stop_server
+from benchmarks.server import launch_replicas, wait_until_answers
 from debian import apt_install, can_install
 from medsam2.demo_model import DEMO_CONFIG
 from medsam2.phantoms import write_studies
@@ -33,29 +33,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.replicas]
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = [f"phantom_{n}" for n in range(700, 706)]
 CLICK = {"foreground": [[32, 32, 16]], "label": "organ"}
-
-
-def free_base_port(count: int) -> int:
-    """A port p with p .. p + count - 1 all free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
-        try:
-            socks = []
-            for p in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free run of ports")
 
 
 @pytest.fixture(scope="module")
@@ -74,29 +51,10 @@ def cluster(nginx, trained_checkpoint, tmp_path_factory):
     studies = tmp_path_factory.mktemp("replica_studies")
     write_studies(studies, len(IMAGES), shape=(64, 64, 32), seed=700)
     run_dir = tmp_path_factory.mktemp("replicas_run")
-    port = free_base_port(3)
-    cmd = [sys.executable, str(REPO / "scripts" / "replicas.py"), "--replicas", "2", "--port", str(port),
-           "--studies", str(studies), "--run-dir", str(run_dir), "--fail-timeout", "3", "--",
-           "--conf", "checkpoint", str(trained_checkpoint), "--conf", "model_config", DEMO_CONFIG,
-           "--conf", "model_dir", str(tmp_path_factory.mktemp("replicas_model"))]
-    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(run_dir / "replicas.out", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"replicas.py exited:\n{(run_dir / 'replicas.out').read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    else:
-        stop_server(proc)
-        raise RuntimeError(f"the cluster did not come up:\n{(run_dir / 'replicas.out').read_text()[-3000:]}")
+    conf = ["--conf", "checkpoint", str(trained_checkpoint), "--conf", "model_config", DEMO_CONFIG,
+            "--conf", "model_dir", str(tmp_path_factory.mktemp("replicas_model"))]
+    url, proc = launch_replicas(studies, conf, run_dir, 2, options=["--fail-timeout", "3"],
+                                env_extra={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}, timeout=300)
     replicas = json.loads((run_dir / "replicas.json").read_text())
     yield {"url": url, "replicas": replicas, "run_dir": run_dir, "proc": proc}
     stop_server(proc)
@@ -201,14 +159,7 @@ def test_a_killed_replica_hands_its_images_over_and_takes_them_back(cluster):
         back = subprocess.Popen(victim["cmd"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                 start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{victim['port']}/ready", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
+        assert wait_until_answers(f"http://127.0.0.1:{victim['port']}/ready", 180, back, every=1.0)
         time.sleep(4)  # nginx's fail_timeout (3 s here) passes: r1 is tried again
         replica, after = click(url, image)
         assert replica == "r1" and after["objects"] == before["objects"]

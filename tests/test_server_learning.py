@@ -98,6 +98,34 @@ def test_every_publish_is_a_version_and_a_rollback_serves_the_old_weights(learni
         kept.write_bytes(good)
 
 
+def scored_with(server, image_id="phantom_900") -> str | None:
+    info = requests.get(f"{server.url}/datastore/image/info", params={"image": image_id}, timeout=30).json()
+    return info.get("medsam2_confidence_model")
+
+
+def wait_scored_with(server, accept, timeout=300) -> str:
+    deadline = time.time() + timeout
+    while not accept(version := scored_with(server)):
+        assert time.time() < deadline, f"the next-sample scores still come from model {version}"
+        time.sleep(2)
+    return version
+
+
+def test_next_sample_scores_follow_the_served_model_through_a_rollback(learning_server):
+    """Scores made by an old model would hand over the wrong next image: a change of the served model
+    (here two rollbacks; a promotion the same way) scores the unlabelled images again with it."""
+    server = learning_server
+    trained = requests.get(f"{server.url}/model/medsam2/versions", timeout=30).json()["served"]
+    assert trained != "base"
+    wait_scored_with(server, lambda v: v == trained)  # scored after the training run
+    for version in ("base", trained):
+        r = requests.post(f"{server.url}/model/medsam2/rollback", params={"version": version}, timeout=30)
+        assert r.status_code == 200
+        wait_scored_with(server, lambda v: v == version)
+    if requests.get(f"{server.url}/scoring/", timeout=30).status_code == 200:
+        wait_for_task(server.url, "scoring", 600)
+
+
 def test_a_stopped_run_leaves_the_served_weights_intact(learning_server):
     server = learning_server
     served = next((server.model_dir / "finetuned").glob("*.pt"))

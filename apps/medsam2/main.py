@@ -19,6 +19,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib import encode_ahead, model_versions, monailabel_patches, replicas, train_schedule
+from lib.activelearning import refresh as rescoring
 from lib.monailabel_patches import dicom_proxy, ohif_viewer
 from lib.monailabel_patches.app import PatchedApp
 from lib.image_ids import check_image_id
@@ -111,3 +112,5 @@ class MedSam2App(PatchedApp, MONAILabelApp):
                          self.encode_ahead)
         model_versions.install(fastapi_app, {name: config.versions for name, config in self.models.items()})
         train_schedule.install(self, {name: config.schedule for name, config in self.models.items()})
+        rescoring.install(self, {method: config.versions for config in self.models.values()
+                                 for method in (config.scoring_method() or {})})

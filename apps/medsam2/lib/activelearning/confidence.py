@@ -1,5 +1,6 @@
 """Scoring method `medsam2_confidence`: the model's confidence on each unlabelled image, stored in
-the datastore's image info (see medsam2/confidence.py for what the number means)."""
+the datastore's image info with the model version that made it (see medsam2/confidence.py for what
+the number means; refresh.py runs it again when the served model changes)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from lib.infers.image_io import read_image
 from medsam2.checkpoints import CheckpointError
 from medsam2.confidence import reference_memories, volume_confidence
 from medsam2.service import ModelProvider
+from medsam2.versions import VersionStore
 
 logger = logging.getLogger(__name__)
 INFO_KEY = "medsam2_confidence"
 
 
 class ConfidenceScoring(ScoringMethod):
-    def __init__(self, provider: ModelProvider, probes: int = 5):
+    def __init__(self, provider: ModelProvider, versions: VersionStore, probes: int = 5):
         super().__init__("Model confidence (predicted IoU x object score) from the saved labels' memories")
         self.provider = provider
+        self.versions = versions  # which kept version is served: stored with each score
         self.probes = probes
 
     def __call__(self, request, datastore: Datastore):
@@ -34,6 +37,7 @@ class ConfidenceScoring(ScoringMethod):
         if not pairs:
             return {"scored": 0, "reason": "no saved labels yet"}
         try:
+            served = self.versions.served()  # read first: a change after it starts another scoring run
             segmenter, _ = self.provider.get()
         except CheckpointError as e:  # MONAI Label runs scoring at start-up too: say why, don't crash
             logger.warning("scoring: the model is not available: %s", e)
@@ -49,7 +53,8 @@ class ConfidenceScoring(ScoringMethod):
             except Exception as e:
                 logger.warning("scoring: cannot score %s: %s", image_id, getattr(e, "detail", e))
                 continue
-            datastore.update_image_info(image_id, {INFO_KEY: result["confidence"], f"{INFO_KEY}_ts": int(time.time())})
+            datastore.update_image_info(image_id, {INFO_KEY: result["confidence"], f"{INFO_KEY}_ts": int(time.time()),
+                                                   f"{INFO_KEY}_model": served})
             scores[image_id] = result["confidence"]
             logger.info("scoring: %s confidence %.4f %s", image_id, result["confidence"], result["per_label"])
-        return {"scored": len(scores), "scores": scores}
+        return {"scored": len(scores), "scores": scores, "model_version": served}

@@ -67,4 +67,4 @@ class MedSam2Config(TaskConfig):
         return {"least_confident": LeastConfident()}
 
     def scoring_method(self):
-        return {f"{self.name}_confidence": ConfidenceScoring(self.provider)}
+        return {f"{self.name}_confidence": ConfidenceScoring(self.provider, self.versions)}

@@ -54,3 +54,32 @@ def test_crops_keep_the_structures_and_move_the_affine_with_them():
     c = real_data.crop_to(v, [1, 2], margin_mm=10)
     assert (c.label == 1).sum() == (v.label == 1).sum() and c.image.size < v.image.size
     np.testing.assert_allclose(centre_ras(c, 1), centre_ras(v, 1), atol=1e-6)
+
+
+def test_the_demo_recipes_real_crops_never_show_a_held_out_structure():
+    """The demo model's stage 3 is measured on Colin27's subcortical structures as structures it never
+    saw: none of their AAL values may reach its training labels, and every crop holds a structure."""
+    from medsam2 import demo_model
+
+    try:
+        pairs = demo_model.real_training_pairs()
+        atlas = real_data.colin27(structures=None).structures
+    except real_data.DataUnavailable as e:
+        pytest.skip(f"a real data set cannot be fetched here: {e}")
+    held_out = [v for n, v in atlas.items() if n.split("_")[0] in demo_model.HELD_OUT_AAL]
+    assert len(held_out) == 14  # six subcortical structures and the parahippocampal gyrus, both sides
+    assert len(pairs) == sum(demo_model.REAL_CROPS.values())
+    colin_crops = pairs[:demo_model.REAL_CROPS["colin27"]]
+    for image, label in pairs:
+        assert image.shape == label.shape and label.any()
+    for _, label in colin_crops:
+        assert not np.isin(label, held_out).any()
+
+
+def test_the_shipped_demo_recipe_ends_with_stage_2_unless_stage_3_is_asked_for(tmp_path):
+    from medsam2.demo_model import stage_configs
+
+    _, tracking, _ = stage_configs(tmp_path / "demo.pt")
+    assert tracking.out_checkpoint == tmp_path / "demo.pt"  # the reproduce command writes stage 2 there
+    _, tracking, broad = stage_configs(tmp_path / "demo.pt", broad_steps=10)
+    assert broad.out_checkpoint == tmp_path / "demo.pt" and broad.init_checkpoint == tracking.out_checkpoint != broad.out_checkpoint

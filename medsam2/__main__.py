@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     d.add_argument("--track-steps", type=int, default=None, help="stage 2 steps (default: the recipe's)")
     d.add_argument("--broad-steps", type=int, default=None, help="stage 3 steps, the broad mix with real crops (default 0: off, as shipped)")
     d.add_argument("--from-stage2", type=Path, default=None,
-                   help="run stage 3 only, from this stage-2 model (e.g. the demo model shipped before stage 3)")
+                   help="run stage 3 only, from this stage-2 model (the shipped demo model is one)")
     d.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("challenge-predict")
     c.add_argument("--inputs", type=Path, required=True)

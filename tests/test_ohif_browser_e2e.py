@@ -124,6 +124,17 @@ def test_a_click_with_the_point_tool_draws_the_servers_answer_on_every_slice(app
     loop["shown"] = shown > 0
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the shipped demo model gives the organ on the clicked slice and mostly other "
+                                       "structures on the rest of this series (3D Dice 0.29; docs/demo-model.md, "
+                                       "'A broader mix'); a demo model that passes makes this test fail: remove the mark")
+def test_a_click_on_the_organ_gives_the_organ_in_3d(studies, loop):
+    from medsam2.evaluation.metrics import dice
+
+    first, _ = studies
+    organ = dice(loop["shown"], first.truth == 1)
+    assert organ >= 0.8, f"3D Dice of the organ {organ:.2f}, of the vessel {dice(loop['shown'], first.truth == 2):.2f}"
+
+
 def wait_for_new_seg(orthanc, study: str, before: set, timeout: float = 120) -> str:
     deadline = time.time() + timeout
     while not (new := seg_series(orthanc, study) - before):

@@ -70,14 +70,15 @@ def training_pairs():
     return [(p.image, p.label) for p in pairs]
 
 
-def broad_pairs():
-    """Stage 3's mix: the stage-2 cases (so tracking is kept), wider twins, phantoms of four sizes, real crops."""
+def broad_pairs(real: dict | None = None):
+    """Stage 3's mix: the stage-2 cases (so tracking is kept), wider twins, phantoms of four sizes, real
+    crops (of `real`, `real_volumes()` when not given)."""
     shapes = [PHANTOM_SHAPES[n % len(PHANTOM_SHAPES)] for n in range(len(BROAD_PHANTOMS))]
     cases = [make_memory_phantom(BROAD_TWIN_KINDS[n % len(BROAD_TWIN_KINDS)], SHAPE, seed=s)
              for n, s in enumerate(BROAD_TWINS)]
     cases += [make_memory_phantom("phantom+fade", shape, seed=s) if n % 4 == 0 else make_phantom(shape, seed=s)
               for n, (s, shape) in enumerate(zip(BROAD_PHANTOMS, shapes))]
-    return training_pairs() + [(c.image, c.label) for c in cases] + real_training_pairs()
+    return training_pairs() + [(c.image, c.label) for c in cases] + real_training_pairs(real=real)
 
 
 def real_volumes():
@@ -92,14 +93,14 @@ def real_volumes():
     return {"colin27": colin, "chest_ct": real_data.chest_ct(), "cranium": real_data.cranium()}
 
 
-def real_training_pairs(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def real_training_pairs(seed: int = 0, real: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Random crops of the real volumes: each around one of its structures with 10-60 mm of what
     surrounds it (the other structures in the window stay labelled), mirrored left-right half the time."""
     from .evaluation.real_data import crop_to
 
     rng = np.random.default_rng(seed)
     pairs = []
-    for name, volume in real_volumes().items():
+    for name, volume in (real or real_volumes()).items():
         values = sorted(volume.structures.values())
         for _ in range(REAL_CROPS[name]):
             crop = crop_to(volume, [int(rng.choice(values))], margin_mm=float(rng.uniform(10, 60)))
@@ -116,12 +117,12 @@ def validation_pairs():
     return [(p.image, p.label) for p in cases]
 
 
-def broad_validation_pairs():
+def broad_validation_pairs(real: dict | None = None):
     """Stage 3 keeps the weights that do best on the phantoms and twins above and on real structures
     of the mix: the lungs, the skull and head, three cortical regions (whole, not random crops)."""
     from .evaluation.real_data import crop_to
 
-    real = real_volumes()
+    real = real or real_volumes()
     colin = real["colin27"]
     regions = [colin.structures[n] for n in REAL_VALIDATION_REGIONS]
     colin = crop_to(colin, regions, margin_mm=10)
@@ -171,7 +172,8 @@ def train_demo_model(out: Path, seed: int = 0, log=print, prompt_steps: int = PR
     else:
         broad.init_checkpoint = Path(from_stage2)
     if broad_steps > 0:
-        result = train(broad, broad_pairs(), broad_validation_pairs(), log=lambda e: log({"stage": 3, **e}))
+        real = real_volumes()  # read once for the training crops and the validation
+        result = train(broad, broad_pairs(real), broad_validation_pairs(real), log=lambda e: log({"stage": 3, **e}))
         if from_stage2 is None:
             tracking.out_checkpoint.unlink(missing_ok=True)
     if result.published is not None:

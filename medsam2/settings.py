@@ -238,7 +238,7 @@ class ServerSettings(_Options):
                            "exists (empty: off)", parse=str.strip)
     auto_train_params: dict = option({}, "JSON of the `/train` params those runs take, without spaces (the `monailabel` "
                                      "script splits arguments on them), such as `{\"max_steps\":500}`",
-                                     parse=lambda s: _json_object(s))
+                                     parse=_json_object)
     mlflow_uri: str = option("", "where fine-tuning runs are tracked: an MLflow tracking URI; empty: `model/mlflow.db` "
                              "([training](training.md))", parse=str.strip)
     keep_versions: int = option(10, "fine-tuned versions kept in `model/versions/` (never the served one nor its "

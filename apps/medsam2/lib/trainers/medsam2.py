@@ -171,7 +171,8 @@ class MedSam2Trainer(TrainTask):
         ids = [os.path.basename(image) for image, _ in files]
         val_ids, _ = ValidationSet(self.stats_path.parent / f"{self.name}_validation.json").split(
             ids, float(request.get("val_split", 0.2)))
-        is_val = [image_id in set(val_ids) for image_id in ids]
+        val_ids = set(val_ids)
+        is_val = [image_id in val_ids for image_id in ids]
         val = [pair for pair, v in zip(pairs, is_val) if v]
         trn = [pair for pair, v in zip(pairs, is_val) if not v]
         val_files = [f for f, v in zip(files, is_val) if v]
@@ -208,9 +209,7 @@ class MedSam2Trainer(TrainTask):
         run_name = time.strftime("%Y%m%d-%H%M%S")
         writer = SummaryWriter(str(self.runs_dir / run_name))
         tracker = RunTracker(self.mlflow_uri or default_uri(self.model_dir), self.model_dir / "mlflow-artifacts",
-                             f"{self.name} {run_name}").__enter__()
-        tracker.params({**{k: v for k, v in dataclasses.asdict(cfg).items() if not isinstance(v, dict)},
-                        "train_images": len(trn), "val_images": len(val), "start_from": stats["start_from"]})
+                             f"{self.name} {run_name}")
 
         def log(entry: dict):
             print(f"medsam2 train: {json.dumps(entry, default=float)}", flush=True)
@@ -224,30 +223,30 @@ class MedSam2Trainer(TrainTask):
                 self._write_stats(stats)
 
         world = torch.cuda.device_count() if torch.cuda.is_available() else int(request.get("cpu_processes", 1))
-        try:
-            if flag(request.get("multi_gpu", False)) and world > 1:
-                result = self._torchrun(cfg, trn_files, val_files, world, log)
-            else:
-                result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
-        except BaseException as e:
-            tracker.__exit__(type(e), e, None)
-            raise
-        finally:
-            writer.close()
-        if result.published and self.versions is not None:
-            version = self.versions.record(Path(result.published), train_images=len(trn), val_dice=result.best_dice,
-                                           parent_val_dice=result.initial_dice, settings=dict(request))
-            stats["version"] = version.id
-        tracker.published(result.published, stats.get("version"), {
-            "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
-            "not_promoted": getattr(result, "not_promoted", "") or None})
-        tracker.__exit__(None, None, None)
+        with tracker:  # the MLflow run ends FAILED on any exception below, FINISHED otherwise
+            tracker.params({**{k: v for k, v in dataclasses.asdict(cfg).items() if not isinstance(v, dict)},
+                            "train_images": len(trn), "val_images": len(val), "start_from": stats["start_from"]})
+            try:
+                if flag(request.get("multi_gpu", False)) and world > 1:
+                    result = self._torchrun(cfg, trn_files, val_files, world, log)
+                else:
+                    result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
+            finally:
+                writer.close()
+            if result.published and self.versions is not None:
+                version = self.versions.record(Path(result.published), train_images=len(trn),
+                                               val_dice=result.best_dice, parent_val_dice=result.initial_dice,
+                                               settings=dict(request))
+                stats["version"] = version.id
+            tracker.published(result.published, stats.get("version"), {
+                "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
+                "not_promoted": result.not_promoted or None})
         stats["mlflow_run"] = tracker.run_id
         mark_done(self.stats_path.parent, self.name, t0)  # the labels saved before this run are used up
         stats.update({"status": "DONE", "steps": result.steps, "seconds": round(time.time() - t0, 1),
                       "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
                       "published": str(result.published) if result.published else None,
-                      "not_promoted": getattr(result, "not_promoted", "")})
+                      "not_promoted": result.not_promoted})
         self._write_stats(stats)
         return stats
 

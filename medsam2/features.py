@@ -24,8 +24,10 @@ from .frames import frames_from_scaled
 
 
 class FrameFeatures:
-    def __init__(self, model, scaled_volume: torch.Tensor, batch_size: int = 8, offload_levels=(), encoder=None):
+    def __init__(self, model, scaled_volume: torch.Tensor, batch_size: int = 8, offload_levels=(), encoder=None,
+                 keep_scaled: bool = False):
         self.model = model
+        self.keep_scaled = keep_scaled  # keep the scaled volume once every slice is encoded (windows are cut from it)
         # SAM2's forward_image, or an exported encoder's (encoder_runtime.py): the same outputs
         self.forward_image = encoder.forward_image if encoder is not None else model.forward_image
         self.scaled = scaled_volume  # (I, J, K) in [0, 1], on the compute device
@@ -137,7 +139,7 @@ class FrameFeatures:
             self._ready.clear()
 
     def _drop_scaled_when_done(self) -> None:
-        if bool(self.encoded.all()):
+        if bool(self.encoded.all()) and not self.keep_scaled:
             self.scaled = None  # every slice is encoded: the scaled volume is not needed any more
 
     # ------------------------------------------------------------------------------------ reading

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .features import FrameFeatures
+from .field_of_view import segment_in_windows
 from .frames import Intensity, scale_volume
 from .postprocess import fill_holes, largest_component
 from .predictor import VolumePredictor, corrections_as_conditioning
@@ -111,7 +112,8 @@ class Segmenter:
         t0 = time.perf_counter()
         rule = Intensity.parse(intensity) if intensity is not None else self.intensity
         scaled = scale_volume(volume, rule, self.device, self.model.preprocess)
-        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.settings.offload_levels, self.encoder)
+        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.settings.offload_levels, self.encoder,
+                                 keep_scaled=self.settings.field_of_view != "off")
         if encode:
             with self.autocast():
                 features.ensure()
@@ -121,7 +123,16 @@ class Segmenter:
     @torch.inference_mode()
     def segment(self, session: InteractiveSession, objects: list[ObjectPrompt],
                 memory_policy_factory=None, largest_component: bool | None = None) -> SegmentationResult:
-        """Prompt and propagate every object; returns the label volume in (I, J, K) order, post-processed
+        """Prompt and propagate every object (`segment_whole`); with the field of view on, a small
+        structure in a window around it (field_of_view.py)."""
+        if self.settings.field_of_view == "auto" and session.window is None and objects:
+            return segment_in_windows(self, session, objects, memory_policy_factory, largest_component)
+        return self.segment_whole(session, objects, memory_policy_factory, largest_component)
+
+    @torch.inference_mode()
+    def segment_whole(self, session: InteractiveSession, objects: list[ObjectPrompt],
+                      memory_policy_factory=None, largest_component: bool | None = None) -> SegmentationResult:
+        """Prompt and propagate every object on the session's whole slices; returns the label volume in (I, J, K) order, post-processed
         as the checkpoint's reference does (`model.postprocess`: holes filled; with `largest_component`,
         None: the checkpoint's default, only each object's largest 3D component kept).
 

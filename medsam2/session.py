@@ -58,6 +58,11 @@ class InteractiveSession:
     prompts: dict[str, ObjectPrompt] = field(default_factory=dict)  # label -> its prompts, as last added
     tracks: dict[str, ObjectTrack] = field(default_factory=dict)  # label -> its last track
     paint: dict[str, object] = field(default_factory=dict)  # label -> painted.PaintHistory (painted prompts)
+    # the field of view (field_of_view.py): this session's in-plane window of its parent's volume (None:
+    # the whole slice), the windowed sessions opened from it, and the window each label was last segmented in
+    window: object = None
+    windows: dict = field(default_factory=dict)  # field_of_view.Window -> InteractiveSession
+    label_windows: dict = field(default_factory=dict)  # label -> (its first look's window, the one it was segmented in)
     _pending: list[str] = field(default_factory=list)  # labels added since the last propagate
 
     def add_prompts(self, objects: list[ObjectPrompt]) -> None:
@@ -78,7 +83,7 @@ class InteractiveSession:
 
     def reset(self, label: str | None = None) -> None:
         """Forget a label's prompts, track and paint (all labels when None); the encoded slices stay."""
-        for store in (self.prompts, self.tracks, self.paint):
+        for store in (self.prompts, self.tracks, self.paint, self.label_windows):
             if label is None:
                 store.clear()
             else:
@@ -89,5 +94,6 @@ class InteractiveSession:
     def nbytes(self) -> int:
         tracks = list(self.tracks.values())  # a copy: another request's segment() may add a label meanwhile
         paint = list(self.paint.values())
+        windows = list(self.windows.values())
         return (self.features.nbytes + sum(t.track.lowres.numel() * t.track.lowres.element_size() for t in tracks)
-                + sum(h.nbytes for h in paint))
+                + sum(h.nbytes for h in paint) + sum(w.nbytes for w in windows))

@@ -174,6 +174,10 @@ class EngineSettings(_Options):
     largest_component: str = option("auto", "keep each structure's largest 3D piece: `auto` (as the checkpoint's "
                                     "reference, on for `medsam2`), `true`, `false`; also per request",
                                     choices=TRISTATE, parse=lambda s: str(s).strip().lower(), main=True)
+    field_of_view: str = option("off", "`off` (every slice whole at the model's input size) or `auto` (a small "
+                                "structure segmented in a window around it, widened when its mask reaches the "
+                                "window's edge: [accuracy](accuracy.md))",
+                                choices=("off", "auto"), parse=lambda s: str(s).strip().lower())
     directions: str = option("independent", "`independent` (both directions from the key slice at once) or "
                              "`sequential` (stock SAM 2's order)", choices=DIRECTIONS)
     stop_after_empty: int = option(0, "stop a direction after this many empty slices (0: never)", minimum=0)

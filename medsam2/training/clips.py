@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..field_of_view import Extent, smallest_side, window_around
 from ..frames import Intensity, Preprocess, frames_from_scaled, scale_volume
 
 
@@ -44,17 +45,20 @@ class Augment:
     min_crop: float = 0.4  # smallest window, as a fraction of the slice's extent on each axis
     p_gamma: float = 0.0  # grey levels raised to a power in [1 / max_gamma, max_gamma]
     max_gamma: float = 1.5
+    # shown in the window the engine's field of view would segment the structure in (field_of_view.py),
+    # 2-4 times its extent: a model served with `field_of_view auto` is trained on the views it will get
+    p_window: float = 0.0
     # crops and contrast are off by default: with them (0.5, 0.3) four real structures fitted to Dice
     # 0.19-0.57 instead of 0.32-0.77 in a default-length run (docs/training.md)
 
     @classmethod
     def none(cls) -> "Augment":
         """Every clip exactly as the volume is (draws nothing from the sampler's generator)."""
-        return cls(0.0, 0.0, 1.0, 0.0, 1.0)
+        return cls(0.0, 0.0, 1.0, 0.0, 1.0, 0.0)
 
     @property
     def active(self) -> bool:
-        return self.p_flip > 0 or self.p_crop > 0 or self.p_gamma > 0
+        return self.p_flip > 0 or self.p_crop > 0 or self.p_gamma > 0 or self.p_window > 0
 
 
 class LabelledVolume:
@@ -134,6 +138,12 @@ class ClipSampler:
         scaled, label, a = vol.scaled, vol.label, self.augment
         if not a.active:
             return scaled, label
+        if a.p_window > 0 and self.rng.random() < a.p_window:
+            extent = Extent.of(label[:, :, slices] == first)
+            window = window_around(extent, label.shape, at_least=smallest_side(self.image_size),
+                                   context=float(self.rng.uniform(2.0, 4.0))) if extent is not None else None
+            if window is not None:  # None: the structure is most of the slice, shown whole as it is segmented
+                scaled, label = window.crop(scaled), label[window.i0:window.i1, window.j0:window.j1]
         if self.rng.random() < a.p_crop:
             I, J = label.shape[:2]
             w = [max(2, int(round(n * self.rng.uniform(a.min_crop, 1.0)))) for n in (I, J)]

@@ -43,6 +43,7 @@ class TrainConfig:
     preprocess: Preprocess = field(default_factory=Preprocess)  # the checkpoint's input pipeline (frames.py)
     postprocess: Postprocess = field(default_factory=Postprocess)  # kept in the published file's meta
     augment: Augment = field(default_factory=Augment)  # how clips differ from their volumes (clips.py)
+    field_of_view: str = "off"  # the engine's field of view validation segments with (settings.EngineSettings)
     replay_share: float = 0.0  # share of clips drawn from the replay pairs given to train() (clips.ReplaySampler)
     promote_margin: float = 0.01  # a candidate is published only if its validation Dice beats the served model's by this
     max_steps: int = 200
@@ -162,9 +163,10 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def one_click_dice(model, volumes: list[tuple[np.ndarray, np.ndarray]], intensity=None) -> float:
+def one_click_dice(model, volumes: list[tuple[np.ndarray, np.ndarray]], intensity=None,
+                   field_of_view: str = "off") -> float:
     """Mean Dice over every structure of every volume, one click each, through the engine."""
-    seg = Segmenter(model, EngineSettings(intensity=intensity or "auto"))
+    seg = Segmenter(model, EngineSettings(intensity=intensity or "auto", field_of_view=field_of_view))
     was_training = model.training
     model.eval()
     scores = []
@@ -235,7 +237,7 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     is_main = rank == 0
 
     history: list[dict] = []
-    initial = one_click_dice(model, val_pairs, cfg.intensity) if is_main and val_pairs else float("nan")
+    initial = one_click_dice(model, val_pairs, cfg.intensity, cfg.field_of_view) if is_main and val_pairs else float("nan")
     best, best_state = initial, None
     if is_main:
         log({"step": 0, "val_dice": initial, "elapsed_s": round(time.time() - t0, 1)})
@@ -250,7 +252,7 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         out_of_time = _agree(cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes, world_size)
         stop = _agree(should_stop(), world_size)
         if is_main and val_pairs and (step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time):
-            entry["val_dice"] = one_click_dice(model, val_pairs, cfg.intensity)
+            entry["val_dice"] = one_click_dice(model, val_pairs, cfg.intensity, cfg.field_of_view)
             if not (entry["val_dice"] <= best):  # also true when best is nan
                 best, best_state = entry["val_dice"], copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
         entry["elapsed_s"] = round(time.time() - t0, 1)

@@ -43,6 +43,7 @@ from lib.infers.image_io import read_image
 from lib.params import flag
 from lib.train_schedule import mark_done
 from medsam2.service import ModelProvider
+from medsam2.training.clips import Augment
 from medsam2.training.launch import result_path, write_job
 from medsam2.training.loop import TrainConfig, train
 from medsam2.training.tracking import RunTracker, default_uri
@@ -179,7 +180,11 @@ class MedSam2Trainer(TrainTask):
         trn_files = [f for f, v in zip(files, is_val) if not v]
 
         current = self.provider.current_spec()
+        # a model served with the field of view on is validated with it, and sees half its clips in windows
+        field_of_view = self.provider.settings.field_of_view
         cfg = self._check(TrainConfig(
+            field_of_view=field_of_view,
+            augment=Augment(p_window=0.5) if field_of_view == "auto" else Augment(),
             model_config=current.model_config,
             image_size=current.image_size,
             init_checkpoint=current.checkpoint,

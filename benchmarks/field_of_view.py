@@ -1,0 +1,138 @@
+"""Structure size against the model's input size, on a real MR: what a field of view around the
+structure does, in training and at the click.
+
+A demo-model slice is 128 px. Colin27's slices are 181 x 217 at 1 mm, so a caudate about 10 mm across
+is about 6 px at the model's input when the whole slice is shown, and about 13 px when the slice is
+cropped to the subcortical structures plus 10 mm (the crop the learning curve uses).
+
+Fine-tuning runs from the demo model, each `/train`'s defaults (1000 steps, lr 3e-4, mirror), on
+Colin27's left caudate, putamen, thalamus and hippocampus:
+- `full`: the whole volume, as an annotator's saved label is;
+- `full+window`: the same, as `/train` runs when the server's field of view is on: half the clips
+  shown in the window the engine would segment the structure in (`Augment.p_window`);
+- `crop`: the volume cropped to the subcortical structures plus 10 mm (the learning curve's crop).
+
+Then every subcortical structure, both sides, is clicked once (the interior point of its largest
+slice) on three views:
+- `full`: the whole volume, the field of view off;
+- `crop`: the cropped volume (the oracle: the crop is made from the ground truth);
+- `auto`: the whole volume with the engine's field of view on (settings.EngineSettings.field_of_view).
+
+    python -m benchmarks.field_of_view [--work bench-results/field_of_view] [--steps 1000] [--train full crop]
+
+Prints one table and writes bench-results/field_of_view.json. Each training run is about 10 minutes
+on 2 cores; a model already in --work is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from medsam2.evaluation import real_data  # noqa: E402
+
+TRAINED = ("Caudate_L", "Putamen_L", "Thalamus_L", "Hippocampus_L")
+
+
+def volumes() -> dict[str, real_data.RealVolume]:
+    colin = real_data.colin27()
+    return {"full": colin, "crop": real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)}
+
+
+def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bool) -> dict:
+    """`/train`'s defaults (apps/medsam2/lib/trainers/medsam2.py) on the trained structures of `volume`;
+    with `windows`, as `/train` runs when the server's field of view is on (half the clips in windows)."""
+    from medsam2.checkpoints import resolve_spec
+    from medsam2.training.clips import Augment
+    from medsam2.training.loop import TrainConfig, train
+
+    spec = resolve_spec("demo", None, None, REPO / "model")
+    keep = [volume.structures[n] for n in TRAINED]
+    label = np.where(np.isin(volume.label, keep), volume.label, 0)
+    cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
+                      preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
+                      max_steps=steps, max_minutes=14.0, clip_len=8, max_objects=3, clips_per_step=2, val_every=200,
+                      augment=Augment(p_window=0.5) if windows else Augment())
+    result = train(cfg, [(volume.image, label)], [], log=lambda e: print(e, flush=True) if e.get("step", 0) % 100 == 0 else None)
+    return {"steps": result.steps, "seconds": round(result.seconds, 1)}
+
+
+def click_all(checkpoint: Path, volume: real_data.RealVolume, field_of_view: str) -> dict[str, float]:
+    from medsam2.checkpoints import build_model, resolve_spec
+    from medsam2.evaluation.runner import quiet_propagation
+    from medsam2.evaluation.twins import clicker
+    from medsam2.clicks import interior_point, largest_slice
+    from medsam2.evaluation.metrics import dice
+    from medsam2.propagation import Segmenter
+    from medsam2.settings import EngineSettings
+
+    demo = resolve_spec("demo", None, None, REPO / "model")
+    segmenter = Segmenter(build_model(resolve_spec(str(checkpoint), demo.model_config, None, REPO / "model")),
+                          EngineSettings(field_of_view=field_of_view))
+    out = {}
+    with quiet_propagation():
+        segment = clicker(segmenter, volume.image)
+        for name, value in sorted(volume.structures.items()):
+            truth = volume.label == value
+            k = largest_slice(truth)
+            x, y = interior_point(truth[:, :, k].T)
+            out[name] = dice(segment((int(x), int(y), int(k))), truth)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=REPO / "bench-results" / "field_of_view")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--train", nargs="*", default=["full", "full+window", "crop"],
+                    help="training runs: on the full or cropped volume, +window: as /train with the field of view on")
+    ap.add_argument("--views", nargs="*", default=["full", "crop", "auto"], help="views to click on")
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "field_of_view.json")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    vols = volumes()
+    models = {"demo": REPO / "model" / "demo" / "medsam2_demo.pt"}
+    runs = {}
+    for view in args.train:
+        out = args.work / f"trained_on_{view}.pt"
+        if not out.exists():
+            runs[view] = train_model(vols[view.split("+")[0]], out, args.steps, windows=view.endswith("+window"))
+        models[f"trained on {view}"] = out
+    results = {}
+    for name, path in models.items():
+        for view in args.views:
+            t0 = time.perf_counter()
+            volume = vols["full" if view == "auto" else view]
+            results[f"{name} / {view}"] = {"dice": click_all(path, volume, "auto" if view == "auto" else "off"),
+                                           "seconds": round(time.perf_counter() - t0, 1)}
+            print(name, view, f"{results[f'{name} / {view}']['seconds']} s", flush=True)
+    names = list(results)
+    structures = sorted(next(iter(results.values()))["dice"])
+    trained = [s for s in structures if s in TRAINED]
+    counterparts = [s.replace("_L", "_R") for s in trained]
+    never = [s for s in structures if s not in trained and s not in counterparts]
+    rows = [("model / view", "trained (L)", "counterparts (R)", "never labelled")]
+    for n in names:
+        d = results[n]["dice"]
+        rows.append((n, *(f"{np.mean([d[s] for s in group]):.2f}" for group in (trained, counterparts, never))))
+    width = max(len(r[0]) for r in rows)
+    for r in rows:
+        print(f"{r[0]:<{width}}  " + "  ".join(f"{c:>16}" for c in r[1:]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"training_runs": runs, "results": results,
+                                    "groups": {"trained": trained, "counterparts": counterparts, "never": never}},
+                                   indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -226,7 +226,7 @@ class InteractiveSegmenter:
         """Segment `objects` on an opened session; returns the result and engine statistics
         (encode_s: image-encoder seconds this request paid, up front or during propagation;
         slices_encoded_before: slices already encoded when it started, by earlier clicks or ahead)."""
-        encoded_before = session.features.encode_s if cached else 0.0
+        encoded_before = session.encode_s if cached else 0.0
         slices_before = int(session.features.encoded.sum()) if cached else 0
         ahead = session.state is SessionState.ADOPTED  # only its first click was helped by encoding ahead
         session.state = SessionState.OPEN
@@ -237,7 +237,7 @@ class InteractiveSegmenter:
             "cached_features": cached,
             "encoded_ahead": ahead,
             "slices_encoded_before": slices_before,
-            "encode_s": round(session.features.encode_s - encoded_before, 4),
+            "encode_s": round(session.encode_s - encoded_before, 4),
             "propagate_s": round(result.timings["propagate_s"], 4),
             "cache_entries": len(self.cache),
             "cache_mb": round(self.cache.nbytes / 2**20, 1),
@@ -248,6 +248,7 @@ class InteractiveSegmenter:
             "tracked_slices": result.timings.get("slices"),
             "reused_objects": result.timings.get("reused", 0),
             "settled_slices": result.timings.get("settled", 0),
+            "windows": result.timings.get("windows", 0),  # objects segmented in a window (field_of_view.py)
             "model_version": session.model_version,
             "postprocess": {"fill_hole_area": segmenter.model.postprocess.fill_hole_area,
                             "largest_component": segmenter.model.postprocess.largest_component

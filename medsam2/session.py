@@ -91,6 +91,11 @@ class InteractiveSession:
         self._pending = [p for p in self._pending if label is not None and p != label]
 
     @property
+    def encode_s(self) -> float:
+        """Seconds spent encoding this image's slices, its windows' included (field_of_view.py)."""
+        return self.features.encode_s + sum(w.features.encode_s for w in list(self.windows.values()))
+
+    @property
     def nbytes(self) -> int:
         tracks = list(self.tracks.values())  # a copy: another request's segment() may add a label meanwhile
         paint = list(self.paint.values())

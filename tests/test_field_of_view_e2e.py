@@ -1,0 +1,52 @@
+"""The field of view through the real server (`--conf field_of_view auto`), as Slicer clicks: a vessel
+too small for the model's input on the whole slice is answered from a window around it, and a
+corrective click reuses the window's encoded slices."""
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+from monailabel.client import MONAILabelClient
+
+from benchmarks.server import stop_server
+from conftest import start_server
+from medsam2.clicks import interior_point, largest_slice
+from medsam2.demo_model import DEMO_CONFIG
+from medsam2.evaluation.metrics import dice
+from medsam2.phantoms import PHANTOM_LABELS
+from test_field_of_view import embedded
+
+pytestmark = pytest.mark.e2e
+
+IMAGE = "small_vessel_256"
+
+
+@pytest.fixture(scope="module")
+def windowed_server(tmp_path_factory, trained_checkpoint):
+    studies = tmp_path_factory.mktemp("fov_studies")
+    _, image, label = embedded(102)  # a vessel the whole-slice view misses (Dice 0.00 with the field of view off)
+    nib.save(nib.Nifti1Image(image.astype(np.int16), np.eye(4)), str(studies / f"{IMAGE}.nii.gz"))
+    conf = {"checkpoint": trained_checkpoint, "model_config": DEMO_CONFIG, "field_of_view": "auto",
+            "encode_ahead": "false", "model_dir": tmp_path_factory.mktemp("fov_model")}
+    server = start_server(studies, conf, tmp_path_factory.mktemp("fov_logs") / "server.log")
+    server.truth = label == PHANTOM_LABELS["vessel"]
+    yield server
+    stop_server(server.proc)
+
+
+def test_a_click_on_a_small_vessel_is_answered_from_its_window_and_a_correction_reuses_it(windowed_server, tmp_path):
+    truth = windowed_server.truth
+    k = largest_slice(truth)
+    i, j = interior_point(truth[:, :, k].T)
+    client = MONAILabelClient(windowed_server.url, tmpdir=str(tmp_path), client_id="slicer-fov")
+    label_file, params = client.infer("medsam2", IMAGE, {"foreground": [[i, j, k]], "label": "vessel"})
+    first = nrrd.read(label_file)[0] > 0
+    assert first.shape == truth.shape and dice(first, truth) > 0.8, dice(first, truth)
+    assert params["engine"]["windows"] == 1
+
+    # a background click far from the vessel, inside its window's rows: the same window, nothing encoded again
+    label_file, params = client.infer("medsam2", IMAGE, {"foreground": [[i, j, k]], "background": [[i - 20, j, k]],
+                                                         "label": "vessel"})
+    assert params["engine"]["windows"] == 1 and params["engine"]["cached_features"] is True
+    assert params["engine"]["encode_s"] == 0.0
+    assert dice(nrrd.read(label_file)[0] > 0, truth) > 0.8

@@ -1,14 +1,21 @@
 """The in-plane field of view a structure is segmented in: a window around it when it is small.
 
-SAM 2 sees every slice resized to its input size (1024 px for SAM 2 and MedSAM2, 128 for the demo
-model). A caudate 10 mm across in a whole 1 mm brain slice is 6 px at the demo model's input; a
-small tumour in a 512-px CT slice is a few pixels at any SAM 2's. With `field_of_view = "auto"` the
-engine first decodes the prompted slices on the whole slice (the "first look"), then crops every
-slice of the volume to a square window `CONTEXT` times the structure's larger extent, centred on
-it, and propagates there: the model sees the structure larger, as in the crops it was fine-tuned on.
+SAM 2 sees every slice resized to its input size (1024 px for SAM 2 and Medical SAM 2, 512 for
+MedSAM2, 128 for the demo model). A caudate 10 mm across in a whole 1 mm brain slice (181 x 217) is
+6 px at the demo model's input; a 10-mm nodule in a 512-px CT slice of 0.8-mm pixels is 12 px at
+MedSAM2's input and 3 px at the demo model's. With
+`field_of_view = "auto"` the engine first decodes the prompted slices on the whole slice (the
+"first look"), then crops every slice of the volume to a square window `CONTEXT` times the
+structure's larger extent, centred on it, and propagates there: the model sees the structure
+larger, though never larger than `MAGNIFICATION` input pixels per voxel (beyond the scales it was
+trained on). A model served this way is fine-tuned on the same windows (`Augment.p_window`).
 When the mask reaches an edge of the window that is not the slice's edge, the window is widened
 around the mask and the object segmented again (nnInteractive widens its patch the same way).
 A structure whose window would cover most of the slice is segmented on the whole slice, as before.
+
+Off by default: on Colin27's subcortical structures (6-13 px at the demo model's input) it did not
+help, because a fine-tuned model knows the one view it was trained on; it finds a vessel that the
+whole slice shrinks to 3.5 px (docs/training.md, "Structure size against the model's input size").
 
 Each window's slices are encoded once and kept in the session (`InteractiveSession.windows`). A
 correction (background clicks) leaves the first look as it was, so it lands in the same window,

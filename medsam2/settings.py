@@ -176,7 +176,7 @@ class EngineSettings(_Options):
                                     choices=TRISTATE, parse=lambda s: str(s).strip().lower(), main=True)
     field_of_view: str = option("off", "`off` (every slice whole at the model's input size) or `auto` (a small "
                                 "structure segmented in a window around it, widened when its mask reaches the "
-                                "window's edge: [accuracy](accuracy.md))",
+                                "window's edge; measured in [training](training.md))",
                                 choices=("off", "auto"), parse=lambda s: str(s).strip().lower())
     directions: str = option("independent", "`independent` (both directions from the key slice at once) or "
                              "`sequential` (stock SAM 2's order)", choices=DIRECTIONS)

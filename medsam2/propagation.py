@@ -132,8 +132,8 @@ class Segmenter:
     @torch.inference_mode()
     def segment_whole(self, session: InteractiveSession, objects: list[ObjectPrompt],
                       memory_policy_factory=None, largest_component: bool | None = None) -> SegmentationResult:
-        """Prompt and propagate every object on the session's whole slices; returns the label volume in (I, J, K) order, post-processed
-        as the checkpoint's reference does (`model.postprocess`: holes filled; with `largest_component`,
+        """Prompt and propagate every object on the session's whole slices; returns the label volume in
+        (I, J, K) order, post-processed as the checkpoint's reference does (`model.postprocess`: holes filled; with `largest_component`,
         None: the checkpoint's default, only each object's largest 3D component kept).
 
         An object prompted exactly as last time on this session is not tracked again. timings:

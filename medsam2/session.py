@@ -26,6 +26,7 @@ from .prompts import ObjectPrompt
 from .propagators import Track
 
 if TYPE_CHECKING:
+    from .field_of_view import Window
     from .propagation import SegmentationResult, Segmenter
 
 
@@ -60,9 +61,9 @@ class InteractiveSession:
     paint: dict[str, object] = field(default_factory=dict)  # label -> painted.PaintHistory (painted prompts)
     # the field of view (field_of_view.py): this session's in-plane window of its parent's volume (None:
     # the whole slice), the windowed sessions opened from it, and the window each label was last segmented in
-    window: object = None
-    windows: dict = field(default_factory=dict)  # field_of_view.Window -> InteractiveSession
-    label_windows: dict = field(default_factory=dict)  # label -> (its first look's window, the one it was segmented in)
+    window: "Window | None" = None
+    windows: "dict[Window, InteractiveSession]" = field(default_factory=dict)
+    label_windows: "dict[str, tuple[Window, Window]]" = field(default_factory=dict)  # (first look's, segmented in)
     _pending: list[str] = field(default_factory=list)  # labels added since the last propagate
 
     def add_prompts(self, objects: list[ObjectPrompt]) -> None:

@@ -45,11 +45,11 @@ class Augment:
     min_crop: float = 0.4  # smallest window, as a fraction of the slice's extent on each axis
     p_gamma: float = 0.0  # grey levels raised to a power in [1 / max_gamma, max_gamma]
     max_gamma: float = 1.5
+    # crops and contrast are off by default: with them (0.5, 0.3) four real structures fitted to Dice
+    # 0.19-0.57 instead of 0.32-0.77 in a default-length run (docs/training.md)
     # shown in the window the engine's field of view would segment the structure in (field_of_view.py),
     # 2-4 times its extent: a model served with `field_of_view auto` is trained on the views it will get
     p_window: float = 0.0
-    # crops and contrast are off by default: with them (0.5, 0.3) four real structures fitted to Dice
-    # 0.19-0.57 instead of 0.32-0.77 in a default-length run (docs/training.md)
 
     @classmethod
     def none(cls) -> "Augment":

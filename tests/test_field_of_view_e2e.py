@@ -2,13 +2,16 @@
 too small for the model's input on the whole slice is answered from a window around it, and a
 corrective click reuses the window's encoded slices."""
 
+import json
+
 import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
+import requests
 from monailabel.client import MONAILabelClient
 
-from benchmarks.server import stop_server
+from benchmarks.server import stop_server, wait_for_task
 from conftest import start_server
 from medsam2.clicks import interior_point, largest_slice
 from medsam2.demo_model import DEMO_CONFIG
@@ -28,8 +31,9 @@ def windowed_server(tmp_path_factory, trained_checkpoint):
     nib.save(nib.Nifti1Image(image.astype(np.int16), np.eye(4)), str(studies / f"{IMAGE}.nii.gz"))
     conf = {"checkpoint": trained_checkpoint, "model_config": DEMO_CONFIG, "field_of_view": "auto",
             "encode_ahead": "false", "model_dir": tmp_path_factory.mktemp("fov_model")}
-    server = start_server(studies, conf, tmp_path_factory.mktemp("fov_logs") / "server.log")
-    server.truth = label == PHANTOM_LABELS["vessel"]
+    server = start_server(studies, conf, tmp_path_factory.mktemp("fov_logs") / "server.log",
+                          {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
+    server.truth, server.conf = label == PHANTOM_LABELS["vessel"], conf
     yield server
     stop_server(server.proc)
 
@@ -50,3 +54,26 @@ def test_a_click_on_a_small_vessel_is_answered_from_its_window_and_a_correction_
     assert params["engine"]["windows"] == 1 and params["engine"]["cached_features"] is True
     assert params["engine"]["encode_s"] == 0.0
     assert dice(nrrd.read(label_file)[0] > 0, truth) > 0.8
+
+
+def test_training_with_the_field_of_view_on_shows_clips_in_windows(windowed_server, tmp_path):
+    """/train on a server with the field of view on trains on the views it serves (half the clips in
+    windows) and records it with the run (MLflow params)."""
+    import mlflow
+
+    from medsam2.training.tracking import EXPERIMENT, default_uri
+
+    nib.save(nib.Nifti1Image(windowed_server.truth.astype(np.uint8), np.eye(4)), str(tmp_path / "vessel.nii.gz"))
+    r = requests.put(f"{windowed_server.url}/datastore/label", params={"image": IMAGE, "tag": "final"},
+                     files={"params": (None, json.dumps({"label_info": [{"name": "vessel"}]})),
+                            "label": ("vessel.nii.gz", (tmp_path / "vessel.nii.gz").read_bytes())}, timeout=120)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{windowed_server.url}/train/medsam2", json={"max_steps": 4, "val_split": 0}, timeout=60)
+    assert r.status_code == 200, r.text
+    status = wait_for_task(windowed_server.url, "train", 600)
+    assert status["status"] == "DONE", status.get("details")
+    mlflow.set_tracking_uri(default_uri(windowed_server.conf["model_dir"]))
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    params = runs[0].data.params
+    assert params["field_of_view"] == "auto" and float(params["augment.p_window"]) == 0.5, params

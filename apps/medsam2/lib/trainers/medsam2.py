@@ -230,6 +230,7 @@ class MedSam2Trainer(TrainTask):
         world = torch.cuda.device_count() if torch.cuda.is_available() else int(request.get("cpu_processes", 1))
         with tracker:  # the MLflow run ends FAILED on any exception below, FINISHED otherwise
             tracker.params({**{k: v for k, v in dataclasses.asdict(cfg).items() if not isinstance(v, dict)},
+                            **{f"augment.{k}": v for k, v in dataclasses.asdict(cfg.augment).items()},
                             "train_images": len(trn), "val_images": len(val), "start_from": stats["start_from"]})
             try:
                 if flag(request.get("multi_gpu", False)) and world > 1:

@@ -60,8 +60,14 @@ def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bo
     cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
                       preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
                       max_steps=steps, max_minutes=14.0, clip_len=8, max_objects=3, clips_per_step=2, val_every=200,
-                      augment=Augment(p_window=0.5) if windows else Augment())
-    result = train(cfg, [(volume.image, label)], [], log=lambda e: print(e, flush=True) if e.get("step", 0) % 100 == 0 else None)
+                      augment=Augment(p_window=0.5) if windows else Augment(),
+                      field_of_view="auto" if windows else "off")
+
+    def log(entry):
+        if entry.get("step", 0) % 100 == 0:
+            print(entry, flush=True)
+
+    result = train(cfg, [(volume.image, label)], [], log=log)
     return {"steps": result.steps, "seconds": round(result.seconds, 1)}
 
 

@@ -16,7 +16,7 @@ are background (docs/training.md, "Learning a real structure").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch

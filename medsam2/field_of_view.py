@@ -227,12 +227,12 @@ def segment_in_windows(segmenter: "Segmenter", session: InteractiveSession, obje
         if window is None:
             session.label_windows.pop(obj.label, None)
             continue
-        for _ in range(MAX_WIDENINGS + 1):
+        for widenings in range(MAX_WIDENINGS + 1):
             r = segmenter.segment(window_session(segmenter, session, window), [window.shift(obj)],
                                   memory_policy_factory, largest_component)
             mask = r.label == obj.value
-            if not window.reaches_edge(mask, session.shape):
-                break
+            if widenings == MAX_WIDENINGS or not window.reaches_edge(mask, session.shape):
+                break  # kept as segmented in this window
             window = widened(window, mask, session.shape)
             if window is None:  # the structure is most of the slice after all
                 break

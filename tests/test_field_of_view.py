@@ -163,3 +163,19 @@ def test_a_painted_slice_is_segmented_in_the_window_around_the_paint(model):
     assert window.contains(Extent.of(truth[:, :, k]))
     assert np.array_equal(result.label[:, :, k] > 0, truth[:, :, k])  # the painted slice comes back as painted
     assert dice(result.label > 0, truth) > 0.8
+
+
+def test_a_mask_still_at_the_edge_after_the_last_widening_is_kept_from_that_window(model, monkeypatch):
+    import medsam2.field_of_view as fov
+
+    _, image, label = embedded(100)
+    truth = label == PHANTOM_LABELS["vessel"]
+    monkeypatch.setattr(fov, "MAX_WIDENINGS", 1)
+    monkeypatch.setattr(fov.Window, "reaches_edge", lambda self, mask, shape: True)  # every mask "at the edge"
+    seg = Segmenter(model, EngineSettings(field_of_view="auto"))
+    session = seg.open(image)
+    result = seg.segment(session, [click(truth)])
+    first, last = session.label_windows["vessel"]
+    assert len(session.windows) == 2 and last != first and last.contains(first)  # widened once, then kept
+    assert result.label.shape == image.shape
+    assert not result.label[:last.i0].any() and not result.label[last.i1:].any()  # nothing outside the window

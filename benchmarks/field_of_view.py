@@ -72,26 +72,19 @@ def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bo
 
 
 def click_all(checkpoint: Path, volume: real_data.RealVolume, field_of_view: str) -> dict[str, float]:
+    """One click per structure of `volume` (demo_breadth's click: the interior of its largest slice)."""
+    from benchmarks.demo_breadth import structure_rows
     from medsam2.checkpoints import build_model, resolve_spec
     from medsam2.evaluation.runner import quiet_propagation
-    from medsam2.evaluation.twins import clicker
-    from medsam2.clicks import interior_point, largest_slice
-    from medsam2.evaluation.metrics import dice
     from medsam2.propagation import Segmenter
     from medsam2.settings import EngineSettings
 
     demo = resolve_spec("demo", None, None, REPO / "model")
     segmenter = Segmenter(build_model(resolve_spec(str(checkpoint), demo.model_config, None, REPO / "model")),
                           EngineSettings(field_of_view=field_of_view))
-    out = {}
+    structures = {name: [value] for name, value in sorted(volume.structures.items())}
     with quiet_propagation():
-        segment = clicker(segmenter, volume.image)
-        for name, value in sorted(volume.structures.items()):
-            truth = volume.label == value
-            k = largest_slice(truth)
-            x, y = interior_point(truth[:, :, k].T)
-            out[name] = dice(segment((int(x), int(y), int(k))), truth)
-    return out
+        return structure_rows(segmenter, volume.image, structures, volume.label)
 
 
 def main(argv=None) -> int:

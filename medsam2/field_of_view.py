@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .features import FrameFeatures
 from .prompts import ObjectPrompt
 from .session import InteractiveSession
 
@@ -198,9 +197,8 @@ def window_session(segmenter: "Segmenter", session: InteractiveSession, window: 
     sub = session.windows.get(window)
     if sub is None:
         scaled = window.crop(session.features.scaled)
-        features = FrameFeatures(segmenter.model, scaled, segmenter.encode_batch_size,
-                                 segmenter.settings.offload_levels, segmenter.encoder)
-        sub = InteractiveSession(shape=tuple(int(s) for s in scaled.shape), features=features, segmenter=segmenter,
+        sub = InteractiveSession(shape=tuple(int(s) for s in scaled.shape), features=segmenter.features_of(scaled),
+                                 segmenter=segmenter,
                                  model_version=session.model_version, window=window)
         session.windows[window] = sub
     return sub

@@ -112,13 +112,18 @@ class Segmenter:
         t0 = time.perf_counter()
         rule = Intensity.parse(intensity) if intensity is not None else self.intensity
         scaled = scale_volume(volume, rule, self.device, self.model.preprocess)
-        features = FrameFeatures(self.model, scaled, self.encode_batch_size, self.settings.offload_levels, self.encoder,
-                                 keep_scaled=self.settings.field_of_view != "off")
+        features = self.features_of(scaled, keep_scaled=self.settings.field_of_view != "off")
         if encode:
             with self.autocast():
                 features.ensure()
         return InteractiveSession(shape=tuple(int(s) for s in scaled.shape), features=features, segmenter=self,
                                   opened_s=time.perf_counter() - t0, header=header, model_version=model_version)
+
+    def features_of(self, scaled: torch.Tensor, keep_scaled: bool = False) -> FrameFeatures:
+        """The encoder features of a scaled (I, J, K) volume, encoded by this engine's encoder as needed;
+        `keep_scaled`: keep the volume once every slice is encoded (windows are cut from it)."""
+        return FrameFeatures(self.model, scaled, self.encode_batch_size, self.settings.offload_levels, self.encoder,
+                             keep_scaled=keep_scaled)
 
     @torch.inference_mode()
     def segment(self, session: InteractiveSession, objects: list[ObjectPrompt],

@@ -147,10 +147,9 @@ class ClipSampler:
         if self.rng.random() < a.p_crop:
             I, J = label.shape[:2]
             w = [max(2, int(round(n * self.rng.uniform(a.min_crop, 1.0)))) for n in (I, J)]
-            where = np.nonzero((label[:, :, slices] == first).any(axis=2))
+            extent = Extent.of(label[:, :, slices] == first)  # the structure's extent in the clip
             lo = []
-            for axis, (n, size) in enumerate(zip((I, J), w)):
-                a0, a1 = int(where[axis].min()), int(where[axis].max()) + 1  # the structure's extent in the clip
+            for a0, a1, n, size in ((extent.i0, extent.i1, I, w[0]), (extent.j0, extent.j1, J, w[1])):
                 # a window over as much of the structure as fits, at a random place around it
                 low, high = max(0, min(a1 - size, a0)), min(n - size, max(a0, a1 - size))
                 lo.append(int(self.rng.integers(low, high + 1)) if high >= low else max(0, min(a0, n - size)))

@@ -47,9 +47,10 @@ def volumes() -> dict[str, real_data.RealVolume]:
     return {"full": colin, "crop": real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)}
 
 
-def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bool) -> dict:
+def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bool, **overrides) -> dict:
     """`/train`'s defaults (apps/medsam2/lib/trainers/medsam2.py) on the trained structures of `volume`;
-    with `windows`, as `/train` runs when the server's field of view is on (half the clips in windows)."""
+    with `windows`, as `/train` runs when the server's field of view is on (half the clips in windows);
+    `overrides`: other TrainConfig fields (benchmarks/fine_tune_tracking.py compares recipes)."""
     from medsam2.checkpoints import resolve_spec
     from medsam2.training.clips import Augment
     from medsam2.training.loop import TrainConfig, train
@@ -61,7 +62,7 @@ def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bo
                       preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
                       max_steps=steps, max_minutes=14.0, clip_len=8, max_objects=3, clips_per_step=2, val_every=200,
                       augment=Augment(p_window=0.5) if windows else Augment(),
-                      field_of_view="auto" if windows else "off")
+                      field_of_view="auto" if windows else "off", **overrides)
 
     def log(entry):
         if entry.get("step", 0) % 100 == 0:

@@ -142,7 +142,7 @@ def stage_configs(out: Path, seed: int = 0, prompt_steps: int = PROMPT_STEPS, tr
                   augment=Augment.none())
     prompting = TrainConfig(out_checkpoint=out.with_name(out.stem + "_stage1.pt"), max_steps=prompt_steps, lr=5e-4,
                             clip_len=1, clips_per_step=4, val_every=prompt_steps, max_minutes=minutes,
-                            prompts=PromptSettings(max_corrections=3), **common)
+                            memory_lr_scale=1.0, prompts=PromptSettings(max_corrections=3), **common)
     clips = dict(clip_len=8, clips_per_step=2, val_every=250, max_minutes=minutes,
                  prompts=PromptSettings(p_true_memory=0.5, p_two_cond_frames=0.1, max_corrections=2))
     stage2_out = out.with_name(out.stem + "_stage2.pt") if broad_steps > 0 else out  # the last stage writes `out`

@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +49,7 @@ class TrainConfig:
     max_minutes: float | None = None
     lr: float | None = None  # default: default_lr (3e-4 from scratch or for a small model, 5e-5 for a large one)
     image_encoder_lr_scale: float = 1.0  # the image encoder's lr relative to `lr` (SAM 2 fine-tuning: 0.6)
-    memory_lr_scale: float = 1.0  # memory attention's and memory encoder's lr relative to `lr`
+    memory_lr_scale: float | None = None  # memory attention's and memory encoder's lr relative to `lr`; None: TrackingRecipe
     weight_decay: float = 0.01  # on weights; biases, norms and embeddings get none (SAM 2's groups)
     warmup_steps: int = 20
     grad_clip: float = 1.0
@@ -115,6 +114,25 @@ def is_small(model) -> bool:
 def default_lr(model, from_checkpoint: bool) -> float:
     """3e-4 from scratch or for a small model; 5e-5 for a large pretrained one (SAM 2 / MedSAM2 fine-tuning)."""
     return 5e-5 if from_checkpoint and not is_small(model) else 3e-4
+
+
+@dataclass(frozen=True)
+class TrackingRecipe:
+    """How SAM 2's memory learns in a run, unless the run's settings say otherwise.
+
+    A small model (the demo model) fine-tuned on real structures tracked them badly: from a slice
+    prompted with its true mask, the left putamen's next slice was already the caudate beside it. It
+    learns as the demo model's own stage 2 learned to track: half the clips remember their tracked
+    slices from the true masks (clean memories to learn from), and memory attention and the memory
+    encoder train at 3 times the lr. A large pretrained SAM 2 or MedSAM2 keeps SAM 2's own recipe.
+    Measured: benchmarks/fine_tune_tracking.py, docs/training.md."""
+
+    p_true_memory: float  # PromptSettings.p_true_memory
+    memory_lr_scale: float  # TrainConfig.memory_lr_scale
+
+    @classmethod
+    def for_model(cls, model, from_checkpoint: bool) -> "TrackingRecipe":
+        return cls(0.0, 1.0) if from_checkpoint and not is_small(model) else cls(0.5, 3.0)
 
 
 def configure_trainable(model, train_modules: str, from_checkpoint: bool) -> bool:
@@ -214,14 +232,18 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint, cfg.preprocess, cfg.postprocess)
     model = build_model(spec, device=device, for_training=True)
     encoder_trains = configure_trainable(model, cfg.train_modules, cfg.init_checkpoint is not None)
-    objective = ClipObjective(model, cfg.weights, cfg.prompts, train_image_encoder=encoder_trains)
+    recipe = TrackingRecipe.for_model(model, cfg.init_checkpoint is not None)
+    prompts = cfg.prompts if cfg.prompts.p_true_memory is not None else \
+        replace(cfg.prompts, p_true_memory=recipe.p_true_memory)
+    memory_lr_scale = recipe.memory_lr_scale if cfg.memory_lr_scale is None else cfg.memory_lr_scale
+    objective = ClipObjective(model, cfg.weights, prompts, train_image_encoder=encoder_trains)
     wrapped = objective
     if world_size > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     lr = cfg.lr or default_lr(model, cfg.init_checkpoint is not None)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, cfg.memory_lr_scale))
+    opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, memory_lr_scale))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
     volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,

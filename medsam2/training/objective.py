@@ -96,7 +96,7 @@ class ClipObjective(torch.nn.Module):
         with torch.set_grad_enabled(self.train_image_encoder and torch.is_grad_enabled()):
             backbone = model.forward_image(frames)
         cond = [0] + ([1] if L > 1 and rng.random() < self.prompts.p_two_cond_frames else [])
-        true_memory = rng.random() < self.prompts.p_true_memory
+        true_memory = rng.random() < (self.prompts.p_true_memory or 0.0)  # None: not set by train(), none
         memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         terms: list[tuple[bool, dict[str, torch.Tensor]]] = []  # (prompted, loss parts)
         for t in range(L):

@@ -25,7 +25,9 @@ class PromptSettings:
     p_two_cond_frames: float = 0.3
     box_jitter: float = 0.05
     max_corrections: int = 3
-    p_true_memory: float = 0.0  # clips whose tracked frames are remembered from their true masks
+    # clips whose tracked frames are remembered from their true masks (teacher forcing of the memory);
+    # None: the model's own recipe, loop.TrackingRecipe (0.5 for a small model, SAM 2's 0 for a large one)
+    p_true_memory: float | None = None
 
 
 def choose_kind(rng: np.random.Generator, s: PromptSettings) -> str:

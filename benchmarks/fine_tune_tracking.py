@@ -1,0 +1,133 @@
+"""Where a fine-tuned model loses a real structure: on the clicked slice, or while tracking it.
+
+Each recipe fine-tunes the demo model as `/train` does (1000 steps, lr 3e-4, mirror;
+benchmarks/field_of_view.train_model) on Colin27's whole volume, labelled with the left caudate,
+putamen, thalamus and hippocampus. Then every subcortical structure, both sides, is clicked once (the
+interior point of its largest slice), and the answer is taken apart:
+- `slice picked`: Dice on the clicked slice of the candidate SAM 2 picks (its predicted IoU);
+- `slice best`: the best of SAM 2's three candidates for that click;
+- `3D`: the one-click 3D Dice, as the product answers;
+- `3D from truth`: the same slice prompted with its true mask (SAM 2's mask prompt), so that what is
+  left is tracking alone.
+
+Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's stage 2 uses both):
+- `before`: the defaults up to 2026-12-06: tracked slices remembered from the model's own
+  predictions, memory modules at the base lr;
+- `true_memory`: half the clips remember their tracked slices from the true masks
+  (`PromptSettings.p_true_memory` 0.5);
+- `memory_lr`: memory attention and the memory encoder at 3 times the lr (`TrainConfig.memory_lr_scale`);
+- `true_memory+memory_lr`: both, as the demo model's stage 2 learned to track; the fine-tuning
+  default of a small model since 2026-12-06 (training/loop.TrackingRecipe).
+
+    python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
+
+About 11 minutes a recipe on 2 cores plus a minute of clicks; a model already in --work is reused.
+Prints a table and writes bench-results/fine_tune_tracking.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.field_of_view import TRAINED, train_model  # noqa: E402
+from medsam2.evaluation import real_data  # noqa: E402
+
+RECIPES = {
+    "before": {"p_true_memory": 0.0, "memory_lr_scale": 1.0},
+    "true_memory": {"p_true_memory": 0.5, "memory_lr_scale": 1.0},
+    "memory_lr": {"p_true_memory": 0.0, "memory_lr_scale": 3.0},
+    "true_memory+memory_lr": {"p_true_memory": 0.5, "memory_lr_scale": 3.0},
+}
+
+
+def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict) -> dict:
+    from medsam2.training.prompt_sim import PromptSettings
+
+    return train_model(volume, out, steps, windows=False, prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]),
+                       memory_lr_scale=recipe["memory_lr_scale"])
+
+
+def breakdown(checkpoint: Path, volume: real_data.RealVolume) -> dict[str, dict[str, float]]:
+    """Per structure: the clicked slice's picked and best candidate, 3D from the click, 3D from the
+    clicked slice's true mask."""
+    from medsam2.checkpoints import build_model, resolve_spec
+    from medsam2.clicks import interior_point, largest_slice
+    from medsam2.evaluation.metrics import dice
+    from medsam2.evaluation.runner import quiet_propagation
+    from medsam2.predictor import last_decoder_outputs
+    from medsam2.propagation import Segmenter
+    from medsam2.prompts import ObjectPrompt
+
+    demo = resolve_spec("demo", None, None, REPO / "model")
+    segmenter = Segmenter(build_model(resolve_spec(str(checkpoint), demo.model_config, None, REPO / "model")))
+    session = segmenter.open(volume.image)
+    rows = {}
+    for name, value in sorted(volume.structures.items()):
+        truth = volume.label == value
+        k = largest_slice(truth)
+        x, y = (int(c) for c in interior_point(truth[:, :, k].T))
+        click = ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]})
+        with torch.inference_mode(), segmenter.autocast():
+            segmenter._prompt(session, click)  # the clicked slice alone: SAM 2's candidates for the click
+        _, high, ious, *_ = last_decoder_outputs()
+        candidates = torch.nn.functional.interpolate(high[:1].float(), size=truth.shape[1::-1], mode="bilinear")[0]
+        candidates = (candidates > 0).permute(0, 2, 1).cpu().numpy()  # (M, I, J)
+        on_slice = [dice(c, truth[:, :, k]) for c in candidates]
+        with quiet_propagation():
+            from_click = segmenter.segment(session, [click]).label > 0
+            from_truth = segmenter.segment(session, [ObjectPrompt(label="truth", masks={k: truth[:, :, k].T.copy()})]).label > 0
+        rows[name] = {"slice_picked": on_slice[int(ious[0].float().argmax())], "slice_best": max(on_slice),
+                      "3d": dice(from_click, truth), "3d_from_truth": dice(from_truth, truth)}
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--work", type=Path, default=REPO / "bench-results" / "fine_tune_tracking")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "fine_tune_tracking.json")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    colin = real_data.colin27()
+    trained = [colin.structures[n] for n in TRAINED]
+    results, runs = {}, {}
+    for name in ["demo", *args.recipes]:
+        path = REPO / "model" / "demo" / "medsam2_demo.pt"
+        if name != "demo":
+            path = args.work / f"{name}.pt"
+            if not path.exists():
+                runs[name] = train_recipe(colin, path, args.steps, RECIPES[name])
+        t0 = time.perf_counter()
+        results[name] = breakdown(path, colin)
+        print(f"{name}: clicks {time.perf_counter() - t0:.0f} s", flush=True)
+    names = {v: n for n, v in colin.structures.items()}
+    groups = {"trained (L)": [names[v] for v in trained]}
+    groups["counterparts (R)"] = [n.replace("_L", "_R") for n in groups["trained (L)"]]
+    groups["never labelled"] = [n for n in sorted(colin.structures) if n not in groups["trained (L)"] + groups["counterparts (R)"]]
+    measures = ("slice_picked", "slice_best", "3d", "3d_from_truth")
+    print("| recipe | structures | slice picked | slice best | 3D | 3D from truth |")
+    print("|---|---|---|---|---|---|")
+    for recipe, rows in results.items():
+        for group, members in groups.items():
+            means = [np.mean([rows[m][k] for m in members]) for k in measures]
+            print(f"| {recipe} | {group} | " + " | ".join(f"{v:.2f}" for v in means) + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"recipes": {r: RECIPES[r] for r in args.recipes}, "training_runs": runs,
+                                    "groups": groups, "results": results}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -77,3 +77,5 @@ def test_training_with_the_field_of_view_on_shows_clips_in_windows(windowed_serv
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     params = runs[0].data.params
     assert params["field_of_view"] == "auto" and float(params["augment.p_window"]) == 0.5, params
+    # and how the demo model (a small model) was trained where /train's settings left it to the model
+    assert (float(params["chosen.p_true_memory"]), float(params["chosen.memory_lr_scale"])) == (0.5, 3.0), params

@@ -77,6 +77,9 @@ class TrainResult:
     stopped: bool = False
     not_promoted: str = ""  # why a finished run published nothing ("" when it published or was stopped)
     rank_digests: list[str] = field(default_factory=list)  # sha256 of each rank's weights after the last step
+    # what the run chose where its settings left it to the model (default_lr, configure_trainable,
+    # TrackingRecipe), so that a run's record says how it trained
+    chosen: dict = field(default_factory=dict)
 
 
 def weights_digest(model) -> str:
@@ -310,4 +313,6 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
                 "model_config": cfg.model_config, "image_size": int(model.image_size), "steps": step,
                 "val_dice": best, "initial_val_dice": initial, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
-    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped, not_promoted, digests)
+    chosen = {"lr": lr, "image_encoder_trains": encoder_trains, "memory_lr_scale": memory_lr_scale,
+              "p_true_memory": prompts.p_true_memory}
+    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped, not_promoted, digests, chosen)

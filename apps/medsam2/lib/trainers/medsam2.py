@@ -239,6 +239,7 @@ class MedSam2Trainer(TrainTask):
                     result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
             finally:
                 writer.close()
+            tracker.params({f"chosen.{k}": v for k, v in result.chosen.items()})
             if result.published and self.versions is not None:
                 version = self.versions.record(Path(result.published), train_images=len(trn),
                                                val_dice=result.best_dice, parent_val_dice=result.initial_dice,
@@ -280,7 +281,8 @@ class MedSam2Trainer(TrainTask):
             raise RuntimeError(f"torchrun exited with {proc.returncode}: {''.join(tail)[-2000:]}")
         out = json.loads(result_path(job).read_text())
         return SimpleNamespace(steps=out["steps"], initial_dice=out["initial_dice"], best_dice=out["best_dice"],
-                               published=out["published"], not_promoted=out.get("not_promoted", ""))
+                               published=out["published"], not_promoted=out.get("not_promoted", ""),
+                               chosen=out.get("chosen", {}))
 
 
 def _still_running(process: dict | None) -> bool:

@@ -42,10 +42,15 @@ PHANTOM_SEEDS = (700, 701, 702, 703, 100, 101, 102, 103)
 TWIN_SEEDS = range(5000, 5008)
 
 
-def one_click(segment, truth: np.ndarray) -> np.ndarray:
+def click_point(truth: np.ndarray) -> tuple[int, int, int]:
+    """(x, y, k) of the one click: the interior point of the structure's largest slice."""
     k = largest_slice(truth)
     x, y = interior_point(truth[:, :, k].T)
-    return segment((int(x), int(y), int(k)))
+    return int(x), int(y), int(k)
+
+
+def one_click(segment, truth: np.ndarray) -> np.ndarray:
+    return segment(click_point(truth))
 
 
 def twin_rows(segmenter) -> dict:

@@ -72,17 +72,23 @@ def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bo
     return {"steps": result.steps, "seconds": round(result.seconds, 1)}
 
 
-def click_all(checkpoint: Path, volume: real_data.RealVolume, field_of_view: str) -> dict[str, float]:
-    """One click per structure of `volume` (demo_breadth's click: the interior of its largest slice)."""
-    from benchmarks.demo_breadth import structure_rows
+def segmenter_for(checkpoint: Path, field_of_view: str = "off"):
+    """The engine on a demo-model checkpoint (the demo model's config), with the field of view as given."""
     from medsam2.checkpoints import build_model, resolve_spec
-    from medsam2.evaluation.runner import quiet_propagation
     from medsam2.propagation import Segmenter
     from medsam2.settings import EngineSettings
 
     demo = resolve_spec("demo", None, None, REPO / "model")
-    segmenter = Segmenter(build_model(resolve_spec(str(checkpoint), demo.model_config, None, REPO / "model")),
-                          EngineSettings(field_of_view=field_of_view))
+    return Segmenter(build_model(resolve_spec(str(checkpoint), demo.model_config, None, REPO / "model")),
+                     EngineSettings(field_of_view=field_of_view))
+
+
+def click_all(checkpoint: Path, volume: real_data.RealVolume, field_of_view: str) -> dict[str, float]:
+    """One click per structure of `volume` (demo_breadth's click: the interior of its largest slice)."""
+    from benchmarks.demo_breadth import structure_rows
+    from medsam2.evaluation.runner import quiet_propagation
+
+    segmenter = segmenter_for(checkpoint, field_of_view)
     structures = {name: [value] for name, value in sorted(volume.structures.items())}
     with quiet_propagation():
         return structure_rows(segmenter, volume.image, structures, volume.label)

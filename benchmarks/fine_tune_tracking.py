@@ -39,7 +39,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.field_of_view import TRAINED, train_model  # noqa: E402
+from benchmarks.demo_breadth import click_point  # noqa: E402
+from benchmarks.field_of_view import TRAINED, segmenter_for, train_model  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
 RECIPES = {
@@ -60,22 +61,17 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
 def breakdown(checkpoint: Path, volume: real_data.RealVolume) -> dict[str, dict[str, float]]:
     """Per structure: the clicked slice's picked and best candidate, 3D from the click, 3D from the
     clicked slice's true mask."""
-    from medsam2.checkpoints import build_model, resolve_spec
-    from medsam2.clicks import interior_point, largest_slice
     from medsam2.evaluation.metrics import dice
     from medsam2.evaluation.runner import quiet_propagation
     from medsam2.predictor import last_decoder_outputs
-    from medsam2.propagation import Segmenter
     from medsam2.prompts import ObjectPrompt
 
-    demo = resolve_spec("demo", None, None, REPO / "model")
-    segmenter = Segmenter(build_model(resolve_spec(str(checkpoint), demo.model_config, None, REPO / "model")))
+    segmenter = segmenter_for(checkpoint)
     session = segmenter.open(volume.image)
     rows = {}
     for name, value in sorted(volume.structures.items()):
         truth = volume.label == value
-        k = largest_slice(truth)
-        x, y = (int(c) for c in interior_point(truth[:, :, k].T))
+        x, y, k = click_point(truth)
         click = ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]})
         with torch.inference_mode(), segmenter.autocast():
             segmenter._prompt(session, click)  # the clicked slice alone: SAM 2's candidates for the click

@@ -114,9 +114,15 @@ def is_small(model) -> bool:
     return sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
 
 
+def keeps_sam2_recipe(model, from_checkpoint: bool) -> bool:
+    """A large pretrained SAM 2 / MedSAM2 fine-tunes as SAM 2 does (lr, frozen encoder, memory); a small
+    model, or one from scratch, as the demo model was trained."""
+    return from_checkpoint and not is_small(model)
+
+
 def default_lr(model, from_checkpoint: bool) -> float:
     """3e-4 from scratch or for a small model; 5e-5 for a large pretrained one (SAM 2 / MedSAM2 fine-tuning)."""
-    return 5e-5 if from_checkpoint and not is_small(model) else 3e-4
+    return 5e-5 if keeps_sam2_recipe(model, from_checkpoint) else 3e-4
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ class TrackingRecipe:
 
     @classmethod
     def for_model(cls, model, from_checkpoint: bool) -> "TrackingRecipe":
-        return cls(0.0, 1.0) if from_checkpoint and not is_small(model) else cls(0.5, 3.0)
+        return cls(0.0, 1.0) if keeps_sam2_recipe(model, from_checkpoint) else cls(0.5, 3.0)
 
 
 def configure_trainable(model, train_modules: str, from_checkpoint: bool) -> bool:
@@ -144,7 +150,7 @@ def configure_trainable(model, train_modules: str, from_checkpoint: bool) -> boo
     SAM 2 trains; its backward pass is also most of a step's cost on a CPU)."""
     mode = train_modules
     if mode == "auto":
-        mode = "no_image_encoder" if from_checkpoint and not is_small(model) else "all"
+        mode = "no_image_encoder" if keeps_sam2_recipe(model, from_checkpoint) else "all"
     if mode not in ("all", "no_image_encoder"):
         raise ValueError(f"train_modules must be auto, all or no_image_encoder, got {train_modules!r}")
     encoder_trains = mode == "all"

@@ -6,7 +6,9 @@ for several checkpoints (the shipped demo model against a retrained one, say):
   has Dice >= 0.8 on both sides of the click and at most 5 % of the other twin is marked;
 - organ clicks on phantom-like CTs of four sizes and eight seeds, among them the DICOMweb tests'
   series (64 x 56 x 32, seeds 700-703) and the accuracy benchmark's (seeds 100-103): the organ in 3D
-  (Dice >= 0.8 counts as found), and how much of the vessel comes with it;
+  (Dice >= 0.8 counts as found), and how much of the vessel comes with it; the OHIF browser test's
+  click (the organ's interior on the middle slice of the DICOMweb tests' series) is also taken apart
+  (`click_breakdown`: the clicked slice's candidates, and tracking from its true mask);
 - real anatomy never labelled in training (the demo recipe keeps them out): Colin27's twelve
   subcortical AAL structures (cropped to them + 10 mm) and MNI152's brain, white matter and lateral
   ventricles (nilearn's template, 2 mm);
@@ -49,6 +51,32 @@ def click_point(truth: np.ndarray) -> tuple[int, int, int]:
     return int(x), int(y), int(k)
 
 
+def click_breakdown(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, float]:
+    """Where one click's answer is lost: Dice on the clicked slice of the candidate SAM 2 picks (by its
+    predicted IoU) and of the best of its candidates, the one-click 3D Dice, and the 3D Dice with the
+    clicked slice prompted by its true mask (what is left is tracking alone). Calls the engine's
+    `Segmenter._prompt`: the one way to see SAM 2's candidates before propagation."""
+    import torch
+
+    from medsam2.evaluation.runner import quiet_propagation
+    from medsam2.predictor import last_decoder_outputs
+    from medsam2.prompts import ObjectPrompt
+
+    x, y, k = point
+    click = ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]})
+    with torch.inference_mode(), segmenter.autocast():
+        segmenter._prompt(session, click)  # the clicked slice alone
+    _, high, ious, *_ = last_decoder_outputs()
+    candidates = torch.nn.functional.interpolate(high[:1].float(), size=truth.shape[1::-1], mode="bilinear")[0]
+    candidates = (candidates > 0).permute(0, 2, 1).cpu().numpy()  # (M, I, J)
+    on_slice = [dice(c, truth[:, :, k]) for c in candidates]
+    with quiet_propagation():
+        from_click = segmenter.segment(session, [click]).label > 0
+        from_truth = segmenter.segment(session, [ObjectPrompt(label="truth", masks={k: truth[:, :, k].T.copy()})]).label > 0
+    return {"slice_picked": on_slice[int(ious[0].float().argmax())], "slice_best": max(on_slice),
+            "3d": dice(from_click, truth), "3d_from_truth": dice(from_truth, truth)}
+
+
 def one_click(segment, truth: np.ndarray) -> np.ndarray:
     return segment(click_point(truth))
 
@@ -87,9 +115,10 @@ def organ_rows(segmenter) -> dict:
             if shape == PHANTOM_SHAPES[0] and seed in PHANTOM_SEEDS[:4]:  # the DICOMweb tests' series
                 k = truth.shape[2] // 2
                 x, y = interior_point(truth[:, :, k].T)
-                middle.append(dice(segment((int(x), int(y), k)), truth))
+                middle.append(click_breakdown(segmenter, segmenter.open(p.image), truth, (int(x), int(y), k)))
     return {"clicks": len(dices), "found": int(sum(d >= 0.8 for d in dices)), "dice": float(np.mean(dices)),
-            "dicom_series": float(np.mean(dices[:4])), "dicom_series_middle": [float(d) for d in middle],
+            "dicom_series": float(np.mean(dices[:4])), "dicom_series_middle": [b["3d"] for b in middle],
+            "dicom_series_middle_breakdown": middle,
             "vessel_covered": float(np.mean(vessel))}
 
 
@@ -164,6 +193,11 @@ def main(argv=None) -> int:
                   *(f"{results[n]['organ']['dicom_series']:.3f}" for n in names)])
     lines.append(["  the same, OHIF's click (middle slice): Dice per seed",
                   *(" ".join(f"{d:.2f}" for d in results[n]["organ"]["dicom_series_middle"]) for n in names)])
+    for measure, title in (("slice_picked", "clicked slice, SAM 2's pick"), ("slice_best", "clicked slice, best candidate"),
+                           ("3d_from_truth", "3D from the clicked slice's true mask")):
+        lines.append([f"    {title}: Dice per seed",
+                      *(" ".join(f"{b[measure]:.2f}" for b in results[n]["organ"]["dicom_series_middle_breakdown"])
+                        for n in names)])
     lines.append(["  vessel marked with the organ", *(f"{results[n]['organ']['vessel_covered']:.1%}" for n in names)])
     for set_name, (_, _, structures, held_out) in sets.items():
         tag = "never labelled" if held_out else "in the training mix"

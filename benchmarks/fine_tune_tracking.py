@@ -34,12 +34,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.demo_breadth import click_point  # noqa: E402
+from benchmarks.demo_breadth import click_breakdown, click_point  # noqa: E402
 from benchmarks.field_of_view import TRAINED, segmenter_for, train_model  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
@@ -60,31 +59,11 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
 
 def breakdown(checkpoint: Path, volume: real_data.RealVolume) -> dict[str, dict[str, float]]:
     """Per structure: the clicked slice's picked and best candidate, 3D from the click, 3D from the
-    clicked slice's true mask."""
-    from medsam2.evaluation.metrics import dice
-    from medsam2.evaluation.runner import quiet_propagation
-    from medsam2.predictor import last_decoder_outputs
-    from medsam2.prompts import ObjectPrompt
-
+    clicked slice's true mask (demo_breadth.click_breakdown)."""
     segmenter = segmenter_for(checkpoint)
     session = segmenter.open(volume.image)
-    rows = {}
-    for name, value in sorted(volume.structures.items()):
-        truth = volume.label == value
-        x, y, k = click_point(truth)
-        click = ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]})
-        with torch.inference_mode(), segmenter.autocast():
-            segmenter._prompt(session, click)  # the clicked slice alone: SAM 2's candidates for the click
-        _, high, ious, *_ = last_decoder_outputs()
-        candidates = torch.nn.functional.interpolate(high[:1].float(), size=truth.shape[1::-1], mode="bilinear")[0]
-        candidates = (candidates > 0).permute(0, 2, 1).cpu().numpy()  # (M, I, J)
-        on_slice = [dice(c, truth[:, :, k]) for c in candidates]
-        with quiet_propagation():
-            from_click = segmenter.segment(session, [click]).label > 0
-            from_truth = segmenter.segment(session, [ObjectPrompt(label="truth", masks={k: truth[:, :, k].T.copy()})]).label > 0
-        rows[name] = {"slice_picked": on_slice[int(ious[0].float().argmax())], "slice_best": max(on_slice),
-                      "3d": dice(from_click, truth), "3d_from_truth": dice(from_truth, truth)}
-    return rows
+    return {name: click_breakdown(segmenter, session, volume.label == value, click_point(volume.label == value))
+            for name, value in sorted(volume.structures.items())}
 
 
 def main(argv=None) -> int:

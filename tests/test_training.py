@@ -321,3 +321,22 @@ def test_a_default_run_remembers_half_its_clips_from_true_masks_and_trains_memor
         assert forced == 0 and scales == [1.0]
     else:
         assert 4 <= forced <= 12 and scales == [3.0]
+
+
+def test_a_run_told_to_train_only_the_mask_decoder_changes_nothing_else(tmp_path):
+    """`TrainConfig.train_only` (benchmarks/demo_clicked_slice trains the demo model's mask decoder or
+    IoU head alone): the real train() from a checkpoint; the published weights differ from the start
+    in the named modules only."""
+    from medsam2.training.loop import TrainConfig, train
+
+    start = tmp_path / "start.pt"
+    torch.save({"model": build_model(ModelSpec("sam2.1_hiera_micro")).state_dict()}, start)
+    pairs = [(p.image, p.label) for p in (make_phantom((32, 32, 12), seed=s) for s in (45, 46))]
+    cfg = TrainConfig(model_config="sam2.1_hiera_micro", init_checkpoint=start, out_checkpoint=tmp_path / "out.pt",
+                      max_steps=3, clip_len=3, clips_per_step=1, warmup_steps=1, val_every=100, lr=1e-3,
+                      train_only=("sam_mask_decoder.",))
+    result = train(cfg, pairs, [], log=lambda entry: None)
+    before = torch.load(start, weights_only=True)["model"]
+    after = torch.load(result.published, weights_only=True)["model"]
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"sam_mask_decoder"}

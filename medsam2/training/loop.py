@@ -59,6 +59,9 @@ class TrainConfig:
     p_exit: float = 0.5  # clips that start near a structure's end and run past it (learning to stop)
     val_every: int = 50
     train_modules: str = "auto"  # auto | all | no_image_encoder
+    # only the parameters whose names start with one of these train (with train_modules' image-encoder
+    # rule on top): for diagnostics such as benchmarks/demo_clicked_slice (the mask decoder alone, say)
+    train_only: tuple[str, ...] = ()
     seed: int = 0
     device: str | None = None
     intensity: str | None = None
@@ -144,18 +147,22 @@ class TrackingRecipe:
         return cls(0.0, 1.0) if keeps_sam2_recipe(model, from_checkpoint) else cls(0.5, 3.0)
 
 
-def configure_trainable(model, train_modules: str, from_checkpoint: bool) -> bool:
+def configure_trainable(model, train_modules: str, from_checkpoint: bool, train_only: tuple[str, ...] = ()) -> bool:
     """Freeze parts per `train_modules`; returns whether the image encoder trains. `auto`: all modules
     from scratch or for a small model; a large pretrained model keeps its image encoder (as Medical
-    SAM 2 trains; its backward pass is also most of a step's cost on a CPU)."""
+    SAM 2 trains; its backward pass is also most of a step's cost on a CPU). `train_only`: name
+    prefixes; every other parameter is frozen too."""
     mode = train_modules
     if mode == "auto":
         mode = "no_image_encoder" if keeps_sam2_recipe(model, from_checkpoint) else "all"
     if mode not in ("all", "no_image_encoder"):
         raise ValueError(f"train_modules must be auto, all or no_image_encoder, got {train_modules!r}")
-    encoder_trains = mode == "all"
-    for p in model.image_encoder.parameters():
-        p.requires_grad_(encoder_trains)
+    encoder_trains = mode == "all" and (not train_only or "image_encoder." in train_only)
+    for name, p in model.named_parameters():
+        if name.startswith("image_encoder."):
+            p.requires_grad_(encoder_trains)
+        elif train_only:
+            p.requires_grad_(name.startswith(train_only))
     return encoder_trains
 
 
@@ -240,7 +247,7 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         torch.cuda.set_device(device)
     spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint, cfg.preprocess, cfg.postprocess)
     model = build_model(spec, device=device, for_training=True)
-    encoder_trains = configure_trainable(model, cfg.train_modules, cfg.init_checkpoint is not None)
+    encoder_trains = configure_trainable(model, cfg.train_modules, cfg.init_checkpoint is not None, cfg.train_only)
     recipe = TrackingRecipe.for_model(model, cfg.init_checkpoint is not None)
     prompts = cfg.prompts if cfg.prompts.p_true_memory is not None else \
         replace(cfg.prompts, p_true_memory=recipe.p_true_memory)

@@ -23,7 +23,6 @@ taken from one PyTorch pass at load, which is also the reference for that check.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import platform

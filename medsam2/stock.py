@@ -9,8 +9,12 @@ benchmark and the equivalence tests use (benchmarks/speed.py, tests/test_speed_e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # for annotations only: the functions import torch where they use it
+    import torch
 
 
 def stock_config(model_config: str, image_size: int | None) -> tuple[str, list[str], int]:
@@ -77,7 +81,7 @@ def stock_propagate(predictor, state, frame_idx: int, points, labels, directions
             logits[k] = video_res[0, 0].float()
 
 
-def stock_track(predictor, state, frame_idx: int, points, labels, directions: str = "independent") -> "torch.Tensor":
+def stock_track(predictor, state, frame_idx: int, points, labels, directions: str = "independent") -> torch.Tensor:
     """Stock SAM2 on one object: click on `frame_idx`, then `stock_propagate`; returns (K, H, W) mask
     logits at the video resolution."""
     import torch

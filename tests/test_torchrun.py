@@ -23,7 +23,7 @@ def test_a_job_file_keeps_every_training_setting(tmp_path):
     from medsam2.training.clips import Augment
 
     cfg = TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp_path / "out.pt", max_steps=7,
-                      augment=Augment(p_flip=0.25), lr=1e-4)
+                      augment=Augment(p_flip=0.25), lr=1e-4, train_only=("sam_mask_decoder.",))
     assert config_from_json(json.loads(json.dumps(config_to_json(cfg)))) == cfg
 
 

@@ -48,6 +48,8 @@ def config_from_json(data: dict) -> TrainConfig:
             value = type(f.default_factory())(**value)
         elif f.name in PATH_FIELDS and value is not None:
             value = Path(value)
+        elif isinstance(f.default, tuple):  # JSON gave a list (train_only)
+            value = tuple(value)
         values[f.name] = value
     return TrainConfig(**values)
 

@@ -157,13 +157,10 @@ def configure_trainable(model, train_modules: str, from_checkpoint: bool, train_
         mode = "no_image_encoder" if keeps_sam2_recipe(model, from_checkpoint) else "all"
     if mode not in ("all", "no_image_encoder"):
         raise ValueError(f"train_modules must be auto, all or no_image_encoder, got {train_modules!r}")
-    encoder_trains = mode == "all" and (not train_only or "image_encoder." in train_only)
     for name, p in model.named_parameters():
-        if name.startswith("image_encoder."):
-            p.requires_grad_(encoder_trains)
-        elif train_only:
-            p.requires_grad_(name.startswith(train_only))
-    return encoder_trains
+        p.requires_grad_((mode == "all" or not name.startswith("image_encoder."))
+                         and (not train_only or name.startswith(train_only)))
+    return any(p.requires_grad for p in model.image_encoder.parameters())
 
 
 NO_DECAY = ("bias", "norm", "pos_embed", "maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr",

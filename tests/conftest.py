@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import requests
-import torch
+
+# The suite runs on pytest-xdist workers (README): each worker, and every server and training run it
+# starts (they inherit the environment), gets its share of the cores. With 2 threads each on 2 cores, the
+# from-scratch run of test_server_learning, next to the lung run of test_real_learning_e2e, had not
+# finished after 12 minutes where it takes 3.5 alone: their threads spun against each other.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+import torch  # noqa: E402 (after OMP_NUM_THREADS)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -124,7 +132,19 @@ def server(studies, trained_checkpoint, tmp_path_factory):
     stop_server(s.proc)
 
 
+# The longest files of the suite (pytest --durations: the two fine-tuning runs through the server take
+# 4-5 minutes each, the replicas and the faults 2-3): the first e2e files the suite's two workers
+# (pytest-xdist, one file per worker at a time) take, so that neither is left with one at the end.
+LONGEST_FIRST = ("test_server_learning.py", "test_real_learning_e2e.py", "test_replicas_e2e.py", "test_faults_e2e.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Fast unit tests first, then the tests that start the real server (marked e2e), each group in
-    file order: a broken engine is reported in seconds, before any server starts."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+    """Fast unit tests first, then the tests that start the real server (marked e2e), the longest of
+    those first, each group in file order: a broken engine is reported in seconds, before any server
+    starts."""
+    def order(item):
+        e2e = item.get_closest_marker("e2e") is not None
+        name = item.path.name
+        return e2e, LONGEST_FIRST.index(name) if e2e and name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=order)

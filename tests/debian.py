@@ -3,6 +3,7 @@ run as root, without ever starting the package's own service."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -17,7 +18,14 @@ def can_install() -> bool:
 
 def apt_install(*packages: str) -> subprocess.CompletedProcess:
     """apt-get install with service starts refused (Debian's policy-rc.d), so a package's own service
-    (Orthanc on port 8042, nginx on port 80, on every interface) is never started by a test."""
+    (Orthanc on port 8042, nginx on port 80, on every interface) is never started by a test. One
+    install at a time: the suite's two workers (pytest-xdist) may both need one, and apt holds a lock."""
+    with open("/tmp/medsam2-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _apt_install(*packages)
+
+
+def _apt_install(*packages: str) -> subprocess.CompletedProcess:
     policy = Path("/usr/sbin/policy-rc.d")
     made = not policy.exists()
     if made:

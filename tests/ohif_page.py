@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from debian import apt_install
 
 AXIAL = "mpr-axial"  # the MONAI Label mode's three MPR viewports: mpr-axial, mpr-sagittal, mpr-coronal
 
@@ -89,9 +90,7 @@ def browser_install() -> dict:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             pytest.skip("chromium / chromium-driver are not installed and cannot be here "
                         "(needs root and apt-get: apt-get install chromium chromium-driver)")
-        r = subprocess.run("apt-get update -qq && apt-get install -y -qq chromium chromium-driver", shell=True,
-                           capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                           timeout=1200)
+        r = apt_install("chromium", "chromium-driver")
         if r.returncode != 0:
             pytest.skip(f"apt-get install chromium chromium-driver failed: {(r.stderr or r.stdout)[-800:]}")
     return {"chromium": shutil.which("chromium"), "driver": shutil.which("chromedriver")}

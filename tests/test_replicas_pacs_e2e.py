@@ -2,7 +2,7 @@
 in a hospital. OHIF's read of a series through the balancer, the clicks on it, a correction and the
 label saved for it all reach one replica (the series UID is the image id, hashed the same way in
 `/proxy/dicom/.../series/<uid>` and in `?image=`); the label lands in Orthanc as DICOM-SEG, and both
-replicas then list the series as labelled, because each asks the PACS.
+replicas then list the series as labelled (they share MONAI Label's DICOMweb cache folder).
 
 Run alone with `pytest -m replicas`. Needs Orthanc and nginx from Debian (skipped with the reason
 where they cannot be had), like tests/test_dicomweb_e2e.py and tests/test_replicas_e2e.py.
@@ -71,9 +71,16 @@ def encoded_ahead_on(run_dir, series, timeout: float = 180) -> str:
     pytest.fail(f"no replica encoded {series.series} ahead within {timeout} s")
 
 
-def labelled_on(replica_url: str, series) -> bool:
-    listing = requests.get(f"{replica_url}/datastore/", params={"output": "all"}, timeout=60).json()
-    return "final" in listing["objects"][series.series]["labels"]
+def labelled_on(replica_url: str, series, wait: float = 0.0) -> bool:
+    """Whether the replica's datastore listing has `series` labelled, asked until `wait` seconds have
+    passed. The replicas share MONAI Label's DICOMweb cache folder; the replica that did not save the
+    label lists it once its datastore has reloaded that folder (a file watcher: under load, seconds later)."""
+    deadline = time.time() + wait
+    while True:
+        listing = requests.get(f"{replica_url}/datastore/", params={"output": "all"}, timeout=60).json()
+        if "final" in listing["objects"][series.series]["labels"] or time.time() >= deadline:
+            return "final" in listing["objects"][series.series]["labels"]
+        time.sleep(1)
 
 
 def test_a_series_read_clicked_corrected_and_labelled_through_the_balancer(pacs_cluster, orthanc, series_in_pacs):  # noqa: F811
@@ -106,5 +113,5 @@ def test_a_series_read_clicked_corrected_and_labelled_through_the_balancer(pacs_
     assert r.headers["X-Replica"] == owners[series.series]
     assert len(seg_series(orthanc, series.study) - before) == 1  # a DICOM-SEG in the PACS
     for replica_url in pacs_cluster["replicas"]:  # each replica asks Orthanc: both see the label
-        assert labelled_on(replica_url, series), replica_url
+        assert labelled_on(replica_url, series, wait=60), replica_url
         assert not labelled_on(replica_url, series_in_pacs[1])

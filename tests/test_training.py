@@ -340,3 +340,28 @@ def test_a_run_told_to_train_only_the_mask_decoder_changes_nothing_else(tmp_path
     after = torch.load(result.published, weights_only=True)["model"]
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"sam_mask_decoder"}
+
+
+def test_an_anchored_run_stays_nearer_its_start_and_needs_one(tmp_path):
+    """`TrainConfig.anchor` (L2-SP, `/train {"anchor": N}`): the same real train() from a checkpoint,
+    with and without the pull back toward the starting weights; every weight that moves, moves less."""
+    from medsam2.training.loop import TrainConfig, train
+
+    tmp = tmp_path
+    start = tmp / "start.pt"
+    torch.manual_seed(0)
+    torch.save({"model": build_model(ModelSpec("sam2.1_hiera_micro")).state_dict()}, start)
+    pairs = [(p.image, p.label) for p in (make_phantom((32, 32, 12), seed=s) for s in (47, 48))]
+    before = torch.load(start, weights_only=True)["model"]
+    distance = {}
+    for anchor in (0.0, 300.0):
+        cfg = TrainConfig(model_config="sam2.1_hiera_micro", init_checkpoint=start, out_checkpoint=tmp / f"{anchor}.pt",
+                          max_steps=6, clip_len=3, clips_per_step=1, warmup_steps=1, val_every=100, lr=1e-3,
+                          anchor=anchor)
+        after = torch.load(train(cfg, pairs, [], log=lambda entry: None).published, weights_only=True)["model"]
+        distance[anchor] = sum(float((after[k].float() - v.float()).norm()) for k, v in before.items()
+                               if v.is_floating_point())
+    assert 0 < distance[300.0] < 0.7 * distance[0.0], distance
+    with pytest.raises(ValueError, match="needs one to start from"):
+        train(TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp / "x.pt", anchor=1.0), pairs, [],
+              log=lambda entry: None)

@@ -44,6 +44,11 @@ class TrainConfig:
     augment: Augment = field(default_factory=Augment)  # how clips differ from their volumes (clips.py)
     field_of_view: str = "off"  # the engine's field of view validation segments with (settings.EngineSettings)
     replay_share: float = 0.0  # share of clips drawn from the replay pairs given to train() (clips.ReplaySampler)
+    # L2-SP (Li et al. 2018), against forgetting without the old data: after each step every trainable
+    # weight is pulled back toward its value at the start by lr x anchor x (w - w_start), AdamW's
+    # decoupled decay aimed at the starting weights instead of zero. A weight then drifts at most about
+    # 1/anchor from where it started (Adam moves it about lr a step). 0: off; needs an init_checkpoint
+    anchor: float = 0.0
     promote_margin: float = 0.01  # a candidate is published only if its validation Dice beats the served model's by this
     max_steps: int = 200
     max_minutes: float | None = None
@@ -187,6 +192,22 @@ def param_groups(model, lr: float, weight_decay: float, image_encoder_lr_scale: 
             for (scale, decay), ps in groups.items()]
 
 
+class StartAnchor:
+    """TrainConfig.anchor: the trainable weights as the run found them, and the pull back toward them."""
+
+    def __init__(self, opt: torch.optim.Optimizer, strength: float):
+        self.opt, self.strength = opt, float(strength)
+        self.start = {p: p.detach().clone() for group in opt.param_groups for p in group["params"]}
+
+    @torch.no_grad()
+    def pull(self) -> None:
+        """After `opt.step()`, at the lr that step used: w -= lr x strength x (w - w_start)."""
+        for group in self.opt.param_groups:
+            rate = group["lr"] * self.strength
+            for p in group["params"]:
+                p.sub_(rate * (p - self.start[p]))
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / max(1, warmup)
@@ -258,6 +279,9 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, memory_lr_scale))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
+    if cfg.anchor and cfg.init_checkpoint is None:
+        raise ValueError("anchor pulls the weights back toward a checkpoint's: it needs one to start from")
+    anchor = StartAnchor(opt, cfg.anchor) if cfg.anchor else None
     volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
                           p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment)
@@ -282,6 +306,8 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         parts = train_step(wrapped, sampler, rng, cfg.clips_per_step, autocast)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        if anchor is not None:
+            anchor.pull()
         sched.step()
         entry = {"step": step, "lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in parts.items()}}
         out_of_time = _agree(cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes, world_size)

@@ -14,7 +14,9 @@ clips_per_step (2), lr, train_modules (auto | all | no_image_encoder), seed, mul
 true, torch DDP launched by torchrun over all GPUs; on a CPU-only machine `cpu_processes` gloo
 processes, default 1: medsam2/training/launch.py),
 replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
-the demo model's training data is known, generated here; docs/training.md), promote_margin (0.01: a
+the demo model's training data is known, generated here; docs/training.md), anchor (0: L2-SP, each
+weight pulled back toward the served model's, against forgetting without the old data; needs a
+checkpoint to start from; docs/training.md), promote_margin (0.01: a
 candidate is published only if its validation Dice beats the served model's, measured on the same
 images at the start of the run, by this much).
 """
@@ -154,13 +156,15 @@ class MedSam2Trainer(TrainTask):
             bad.append(f"lr={cfg.lr}")
         if not 0 <= cfg.replay_share < 1:
             bad.append(f"replay={cfg.replay_share}")
+        if not (math.isfinite(cfg.anchor) and cfg.anchor >= 0):
+            bad.append(f"anchor={cfg.anchor}")
         if not math.isfinite(cfg.promote_margin):
             bad.append(f"promote_margin={cfg.promote_margin}")
         if cfg.max_minutes is not None and not math.isfinite(cfg.max_minutes):
             bad.append(f"max_minutes={cfg.max_minutes}")
         if bad:
             raise ValueError(f"training params out of range: {', '.join(bad)} (counts >= 1, lr a positive number, "
-                             "replay in [0, 1))")
+                             "replay in [0, 1), anchor a number >= 0)")
         return cfg
 
     def _run(self, request, datastore: Datastore):
@@ -201,6 +205,7 @@ class MedSam2Trainer(TrainTask):
             train_modules=str(request.get("train_modules", "auto")),
             seed=int(request.get("seed", 0)),
             replay_share=float(request.get("replay", 0) or 0),
+            anchor=float(request.get("anchor", 0) or 0),
             promote_margin=float(request.get("promote_margin", TrainConfig.promote_margin)),
         ))
         me = psutil.Process()

@@ -1,0 +1,162 @@
+"""What one fine-tuning run forgets, and what keeps it.
+
+Each recipe fine-tunes the demo model as `/train` does with its defaults (1000 steps, the tracking
+recipe, the mirror; no validation images, as `val_split` 0) on the chest CT cropped to its lungs
+plus 10 mm, with the left lung labelled. Then one click each (the interior point of the structure's
+largest slice, through the engine) on:
+- the left lung (trained) and the right lung (never labelled: learned from its mirror image);
+- what the demo model could do before and was not shown: the head CT's skull and head, Colin27's
+  twelve subcortical structures (cropped to them + 10 mm), the organ and the vessel of four held-out
+  phantoms (64 x 64 x 32, seeds 100-103), both twins of four held-out twin pairs (seeds 5000-5003).
+
+Recipes:
+- `none`: `/train`'s defaults;
+- `replay`: 30 % of the clips from the demo model's own training data (`/train {"replay": 0.3}`);
+- `anchor10`, `anchor30`, `anchor100`: L2-SP, every weight pulled back toward the demo model's
+  (`TrainConfig.anchor`; `/train {"anchor": N}`).
+
+`drift` is the root-mean-square distance of the trained weights from the demo model's.
+
+    python -m benchmarks.forgetting [--recipes none replay anchor30 ...] [--work DIR]
+
+About 11 minutes a recipe on 2 cores plus 2 minutes of clicks; a model already in --work is reused.
+Prints a table and writes bench-results/forgetting.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.demo_breadth import click_point  # noqa: E402
+from medsam2.evaluation import real_data  # noqa: E402
+from medsam2.evaluation.metrics import dice  # noqa: E402
+
+RECIPES = {
+    "none": {},
+    "replay": {"replay_share": 0.3},
+    "anchor10": {"anchor": 10.0},
+    "anchor30": {"anchor": 30.0},
+    "anchor100": {"anchor": 100.0},
+}
+PHANTOM_SEEDS = (100, 101, 102, 103)
+TWIN_SEEDS = (5000, 5001, 5002, 5003)
+COLUMNS = ("lung_left", "lung_right", "skull", "head", "colin27", "organ", "vessel", "twins")
+
+
+def chest() -> real_data.RealVolume:
+    return real_data.crop_to(real_data.chest_ct(), [1, 2], margin_mm=10)
+
+
+def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict) -> dict:
+    """`/train`'s TrainConfig (apps/medsam2/lib/trainers/medsam2.py) on the left lung, with `recipe` on top."""
+    from medsam2.checkpoints import resolve_spec
+    from medsam2.demo_model import training_pairs
+    from medsam2.training.loop import TrainConfig, train
+
+    spec = resolve_spec("demo", None, None, REPO / "model")
+    left = (volume.label == volume.structures["lung_left"]).astype(np.int16)
+    # max_minutes off: every recipe runs its steps, however busy the machine is
+    cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
+                      preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
+                      max_steps=steps, clip_len=8, max_objects=3, clips_per_step=2, val_every=200, **recipe)
+
+    def log(entry):
+        if entry.get("step", 0) % 100 == 0:
+            print(entry, flush=True)
+
+    replay = training_pairs() if cfg.replay_share > 0 else None
+    result = train(cfg, [(volume.image, left)], [], log=log, replay_pairs=replay)
+    return {"steps": result.steps, "seconds": round(result.seconds, 1)}
+
+
+def drift(checkpoint: Path) -> float:
+    """Root-mean-square distance of `checkpoint`'s floating-point weights from the demo model's."""
+    import torch
+
+    from medsam2.checkpoints import resolve_spec
+
+    def weights(path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        return {k: v.float() for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+
+    start, trained = weights(resolve_spec("demo", None, None, REPO / "model").checkpoint), weights(checkpoint)
+    total = sum(float(((trained[k] - v) ** 2).sum()) for k, v in start.items())
+    return (total / sum(v.numel() for v in start.values())) ** 0.5
+
+
+def clicks(checkpoint: Path, lungs: real_data.RealVolume, head: real_data.RealVolume,
+           colin: real_data.RealVolume) -> dict[str, float]:
+    """Mean one-click Dice per column of the table."""
+    from benchmarks.demo_breadth import structure_rows
+    from benchmarks.field_of_view import segmenter_for
+    from medsam2.evaluation.runner import quiet_propagation
+    from medsam2.evaluation.twins import clicker, twin_results
+    from medsam2.memory_phantoms import make_memory_phantom
+    from medsam2.phantoms import PHANTOM_LABELS, make_phantom
+
+    segmenter = segmenter_for(checkpoint)
+    row: dict[str, float] = {}
+    with quiet_propagation():
+        row.update(structure_rows(segmenter, lungs.image, {n: [v] for n, v in lungs.structures.items()}, lungs.label))
+        row.update(structure_rows(segmenter, head.image, {"skull": [1], "head": [1, 2]}, head.label))
+        row["colin27"] = float(np.mean(list(structure_rows(
+            segmenter, colin.image, {n: [v] for n, v in colin.structures.items()}, colin.label).values())))
+        for structure in ("organ", "vessel"):
+            scores = []
+            for seed in PHANTOM_SEEDS:
+                p = make_phantom((64, 64, 32), seed=seed)
+                truth = p.label == PHANTOM_LABELS[structure]
+                scores.append(dice(clicker(segmenter, p.image)(click_point(truth)), truth))
+            row[structure] = float(np.mean(scores))
+        twins = []
+        for seed in TWIN_SEEDS:
+            case = make_memory_phantom("twins", seed=seed)
+            twins += twin_results(case.label, clicker(segmenter, case.image))
+        row["twins"] = float(np.mean([r.dice for r in twins]))
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipes", nargs="*", default=["none", "replay", "anchor30"], choices=list(RECIPES))
+    ap.add_argument("--work", type=Path, default=REPO / "bench-results" / "forgetting")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "forgetting.json")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    lungs, head = chest(), real_data.cranium()
+    colin = real_data.colin27()
+    colin = real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)
+    results, runs = {}, {}
+    for name in ["demo", *args.recipes]:
+        path = REPO / "model" / "demo" / "medsam2_demo.pt"
+        if name != "demo":
+            path = args.work / f"{name}.pt"
+            if not path.exists():
+                runs[name] = train_recipe(lungs, path, args.steps, RECIPES[name])
+        t0 = time.perf_counter()
+        results[name] = {**clicks(path, lungs, head, colin), "drift": drift(path)}
+        print(f"{name}: clicks {time.perf_counter() - t0:.0f} s", flush=True)
+    print("| recipe | " + " | ".join(COLUMNS) + " | drift |")
+    print("|---|" + "---|" * (len(COLUMNS) + 1))
+    for name, row in results.items():
+        print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + f" | {row['drift']:.4f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"recipes": {r: RECIPES[r] for r in args.recipes}, "steps": args.steps,
+                                    "training_runs": runs, "results": results}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

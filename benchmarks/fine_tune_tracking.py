@@ -57,6 +57,17 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
                        memory_lr_scale=recipe["memory_lr_scale"])
 
 
+def recipe_models(recipes, work: Path, train) -> tuple[dict[str, Path], dict[str, dict]]:
+    """The demo model and one fine-tuned checkpoint per recipe in `work`, made by `train(name, path)` where
+    not there yet (benchmarks/forgetting.py uses it too): the paths by name, and the runs made."""
+    paths, runs = {"demo": REPO / "model" / "demo" / "medsam2_demo.pt"}, {}
+    for name in recipes:
+        paths[name] = work / f"{name}.pt"
+        if not paths[name].exists():
+            runs[name] = train(name, paths[name])
+    return paths, runs
+
+
 def breakdown(checkpoint: Path, volume: real_data.RealVolume) -> dict[str, dict[str, float]]:
     """Per structure: the clicked slice's picked and best candidate, 3D from the click, 3D from the
     clicked slice's true mask (demo_breadth.click_breakdown)."""
@@ -76,13 +87,10 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     colin = real_data.colin27()
     trained = [colin.structures[n] for n in TRAINED]
-    results, runs = {}, {}
-    for name in ["demo", *args.recipes]:
-        path = REPO / "model" / "demo" / "medsam2_demo.pt"
-        if name != "demo":
-            path = args.work / f"{name}.pt"
-            if not path.exists():
-                runs[name] = train_recipe(colin, path, args.steps, RECIPES[name])
+    paths, runs = recipe_models(args.recipes, args.work,
+                                lambda name, path: train_recipe(colin, path, args.steps, RECIPES[name]))
+    results = {}
+    for name, path in paths.items():
         t0 = time.perf_counter()
         results[name] = breakdown(path, colin)
         print(f"{name}: clicks {time.perf_counter() - t0:.0f} s", flush=True)

@@ -32,6 +32,7 @@ Prints a table and writes bench-results/forgetting.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.demo_breadth import click_point  # noqa: E402
+from benchmarks.fine_tune_tracking import recipe_models  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 from medsam2.evaluation.metrics import dice  # noqa: E402
 
@@ -85,18 +87,26 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     return {"steps": result.steps, "seconds": round(result.seconds, 1)}
 
 
-def drift(checkpoint: Path) -> float:
-    """Root-mean-square distance of `checkpoint`'s floating-point weights from the demo model's."""
+@functools.cache
+def demo_state() -> dict:
+    """The demo model's checkpoint ({"model": ..., "meta": ...}), read once per run."""
     import torch
 
     from medsam2.checkpoints import resolve_spec
 
-    def weights(path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(resolve_spec("demo", None, None, REPO / "model").checkpoint, map_location="cpu", weights_only=True)
+
+
+def drift(checkpoint: Path) -> float:
+    """Root-mean-square distance of `checkpoint`'s floating-point weights from the demo model's."""
+    import torch
+
+    def weights(state):
         state = state.get("model", state)
         return {k: v.float() for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
 
-    start, trained = weights(resolve_spec("demo", None, None, REPO / "model").checkpoint), weights(checkpoint)
+    start = weights(demo_state())
+    trained = weights(torch.load(checkpoint, map_location="cpu", weights_only=True))
     total = sum(float(((trained[k] - v) ** 2).sum()) for k, v in start.items())
     return (total / sum(v.numel() for v in start.values())) ** 0.5
 
@@ -105,9 +115,7 @@ def module_mixes(trained: Path, work: Path) -> dict[str, Path]:
     """Checkpoints mixing `trained` and the demo model by module (the `--modules` rows)."""
     import torch
 
-    from medsam2.checkpoints import resolve_spec
-
-    demo = torch.load(resolve_spec("demo", None, None, REPO / "model").checkpoint, map_location="cpu", weights_only=True)
+    demo = demo_state()
     run = torch.load(trained, map_location="cpu", weights_only=True)
     groups = {**MODULES, "rest": None}
     known = tuple(p for prefixes in MODULES.values() for p in prefixes)
@@ -167,22 +175,15 @@ def main(argv=None) -> int:
     lungs, head = chest(), real_data.cranium()
     colin = real_data.colin27()
     colin = real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)
-    results, runs = {}, {}
-    for name in ["demo", *args.recipes]:
-        path = REPO / "model" / "demo" / "medsam2_demo.pt"
-        if name != "demo":
-            path = args.work / f"{name}.pt"
-            if not path.exists():
-                runs[name] = train_recipe(lungs, path, args.steps, RECIPES[name])
+    paths, runs = recipe_models(args.recipes + ([args.modules] if args.modules else []), args.work,
+                                lambda name, path: train_recipe(lungs, path, args.steps, RECIPES[name]))
+    if args.modules:
+        paths.update(module_mixes(paths[args.modules], args.work))
+    results = {}
+    for name, path in paths.items():
         t0 = time.perf_counter()
         results[name] = {**clicks(path, lungs, head, colin), "drift": drift(path)}
         print(f"{name}: clicks {time.perf_counter() - t0:.0f} s", flush=True)
-    if args.modules:
-        trained = args.work / f"{args.modules}.pt"
-        if not trained.exists():
-            runs[args.modules] = train_recipe(lungs, trained, args.steps, RECIPES[args.modules])
-        for name, path in module_mixes(trained, args.work).items():
-            results[name] = {**clicks(path, lungs, head, colin), "drift": drift(path)}
     print("| recipe | " + " | ".join(COLUMNS) + " | drift |")
     print("|---|" + "---|" * (len(COLUMNS) + 1))
     for name, row in results.items():

@@ -257,6 +257,8 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
           replay_pairs=None) -> TrainResult:
     """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up).
     `replay_pairs`: what the model was trained on before, drawn for `cfg.replay_share` of the clips."""
+    if cfg.anchor and cfg.init_checkpoint is None:
+        raise ValueError("anchor pulls the weights back toward a checkpoint's: it needs one to start from")
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -279,8 +281,6 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, memory_lr_scale))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
-    if cfg.anchor and cfg.init_checkpoint is None:
-        raise ValueError("anchor pulls the weights back toward a checkpoint's: it needs one to start from")
     anchor = StartAnchor(opt, cfg.anchor) if cfg.anchor else None
     volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,

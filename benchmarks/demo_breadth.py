@@ -51,30 +51,39 @@ def click_point(truth: np.ndarray) -> tuple[int, int, int]:
     return int(x), int(y), int(k)
 
 
-def click_breakdown(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, float]:
-    """Where one click's answer is lost: Dice on the clicked slice of the candidate SAM 2 picks (by its
-    predicted IoU) and of the best of its candidates, the one-click 3D Dice, and the 3D Dice with the
-    clicked slice prompted by its true mask (what is left is tracking alone). Calls the engine's
-    `Segmenter._prompt`: the one way to see SAM 2's candidates before propagation."""
+def clicked_slice(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, float]:
+    """One click's clicked slice alone: Dice of the candidate SAM 2 picks (by its predicted IoU) and of
+    the best of its candidates. Calls the engine's `Segmenter._prompt`: the one way to see SAM 2's
+    candidates before propagation."""
     import torch
 
-    from medsam2.evaluation.runner import quiet_propagation
     from medsam2.predictor import last_decoder_outputs
     from medsam2.prompts import ObjectPrompt
 
     x, y, k = point
     click = ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]})
     with torch.inference_mode(), segmenter.autocast():
-        segmenter._prompt(session, click)  # the clicked slice alone
+        segmenter._prompt(session, click)
     _, high, ious, *_ = last_decoder_outputs()
     candidates = torch.nn.functional.interpolate(high[:1].float(), size=truth.shape[1::-1], mode="bilinear")[0]
     candidates = (candidates > 0).permute(0, 2, 1).cpu().numpy()  # (M, I, J)
     on_slice = [dice(c, truth[:, :, k]) for c in candidates]
+    return {"slice_picked": on_slice[int(ious[0].float().argmax())], "slice_best": max(on_slice)}
+
+
+def click_breakdown(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, float]:
+    """Where one click's answer is lost: the clicked slice (`clicked_slice`), the one-click 3D Dice, and
+    the 3D Dice with the clicked slice prompted by its true mask (what is left is tracking alone)."""
+    from medsam2.evaluation.runner import quiet_propagation
+    from medsam2.prompts import ObjectPrompt
+
+    x, y, k = point
+    click = ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]})
+    on_slice = clicked_slice(segmenter, session, truth, point)
     with quiet_propagation():
         from_click = segmenter.segment(session, [click]).label > 0
         from_truth = segmenter.segment(session, [ObjectPrompt(label="truth", masks={k: truth[:, :, k].T.copy()})]).label > 0
-    return {"slice_picked": on_slice[int(ious[0].float().argmax())], "slice_best": max(on_slice),
-            "3d": dice(from_click, truth), "3d_from_truth": dice(from_truth, truth)}
+    return {**on_slice, "3d": dice(from_click, truth), "3d_from_truth": dice(from_truth, truth)}
 
 
 def one_click(segment, truth: np.ndarray) -> np.ndarray:

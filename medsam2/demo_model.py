@@ -16,7 +16,9 @@ cerebellar AAL regions). The subcortical AAL structures and MNI152 stay out, to 
 structures it never saw. The broad mix comes last because learning to track is fragile: stage 2
 from stage 1 on the broad mix did not learn it (validation Dice 0.53 falling to 0.43 over 1500
 steps, where the phantom-only stage 2 rises to 0.85). What stage 3 did, and why it is not shipped:
-docs/demo-model.md, "A broader mix". The result ships in the repository (model/demo/, fp16, its sha256 in the manifest):
+docs/demo-model.md, "A broader mix". Stage 1 can also see phantoms of four sizes (`--stage1-mix
+sized`): it then decodes organ clicks far better, but stage 2 from it did not learn to track (same
+page, "Stage 1 decides the clicked slice"). The result ships in the repository (model/demo/, fp16, its sha256 in the manifest):
 `python -m medsam2 fetch demo` verifies it, `--conf checkpoint demo` serves it, and
 `python -m medsam2 demo-model model/demo/medsam2_demo.pt` makes it again (README: "Demo model").
 It is a demonstration: never use it on patient images.
@@ -42,6 +44,8 @@ from .training.prompt_sim import PromptSettings
 DEMO_CONFIG = "sam2.1_hiera_nano"
 PROMPT_STEPS = 1200  # stage 1: single prompted slices
 TRACK_STEPS = 2400  # stage 2: clips of 8 slices
+STAGE1_MIXES = ("shipped", "sized")
+STAGE1_MIX = "shipped"  # stage 1's cases (`stage1_pairs`)
 BROAD_STEPS = 0  # stage 3 (clips of 8 slices from the broad mix): off in the shipped recipe
 SHAPE = (64, 64, 32)
 TWIN_KINDS = ("twins", "twins", "twins+fade", "twins+gap", "twins+drift", "twins+fade+drift", "twins+gap+drift")
@@ -73,12 +77,18 @@ def training_pairs():
 def broad_pairs(real: dict | None = None):
     """Stage 3's mix: the stage-2 cases (so tracking is kept), wider twins, phantoms of four sizes, real
     crops (of `real`, `real_volumes()` when not given)."""
-    shapes = [PHANTOM_SHAPES[n % len(PHANTOM_SHAPES)] for n in range(len(BROAD_PHANTOMS))]
-    cases = [make_memory_phantom(BROAD_TWIN_KINDS[n % len(BROAD_TWIN_KINDS)], SHAPE, seed=s)
+    twins = [make_memory_phantom(BROAD_TWIN_KINDS[n % len(BROAD_TWIN_KINDS)], SHAPE, seed=s)
              for n, s in enumerate(BROAD_TWINS)]
-    cases += [make_memory_phantom("phantom+fade", shape, seed=s) if n % 4 == 0 else make_phantom(shape, seed=s)
-              for n, (s, shape) in enumerate(zip(BROAD_PHANTOMS, shapes))]
-    return training_pairs() + [(c.image, c.label) for c in cases] + real_training_pairs(real=real)
+    return training_pairs() + [(c.image, c.label) for c in twins] + sized_phantom_pairs() + real_training_pairs(real=real)
+
+
+def sized_phantom_pairs():
+    """Organ/vessel/lesion phantoms of four sizes (a quarter of them fading): organ clicks must hold on
+    any phantom-like CT, not only on the 64 x 64 x 32 of stage 2."""
+    shapes = [PHANTOM_SHAPES[n % len(PHANTOM_SHAPES)] for n in range(len(BROAD_PHANTOMS))]
+    cases = [make_memory_phantom("phantom+fade", shape, seed=s) if n % 4 == 0 else make_phantom(shape, seed=s)
+             for n, (s, shape) in enumerate(zip(BROAD_PHANTOMS, shapes))]
+    return [(c.image, c.label) for c in cases]
 
 
 def real_volumes():
@@ -109,6 +119,13 @@ def real_training_pairs(seed: int = 0, real: dict | None = None) -> list[tuple[n
                 image, label = image[::-1], label[::-1]
             pairs.append((np.ascontiguousarray(image), np.ascontiguousarray(label)))
     return pairs
+
+
+def stage1_pairs(mix: str = STAGE1_MIX):
+    """Stage 1's cases: stage 2's (`shipped`), or those and phantoms of four sizes (`sized`)."""
+    if mix not in STAGE1_MIXES:
+        raise ValueError(f"stage 1 mix {mix!r}: one of {', '.join(STAGE1_MIXES)}")
+    return training_pairs() + (sized_phantom_pairs() if mix == "sized" else [])
 
 
 def validation_pairs():
@@ -157,16 +174,22 @@ def stage_configs(out: Path, seed: int = 0, prompt_steps: int = PROMPT_STEPS, tr
 
 def train_demo_model(out: Path, seed: int = 0, log=print, prompt_steps: int = PROMPT_STEPS,
                      track_steps: int = TRACK_STEPS, minutes: float | None = None, broad_steps: int = BROAD_STEPS,
-                     from_stage2: Path | None = None) -> TrainResult:
+                     from_stage2: Path | None = None, stage1_mix: str = STAGE1_MIX,
+                     from_stage1: Path | None = None) -> TrainResult:
     """Train stages 1 and 2 (and 3 when `broad_steps` > 0) and write the best weights of the last one to
-    `out` in fp16 (see `compact`). `minutes` bounds each stage's time (for smoke runs); `from_stage2`: a
-    stage-2 model to run stage 3 from (the shipped demo model is one)."""
+    `out` in fp16 (see `compact`). `minutes` bounds each stage's time (for smoke runs); `stage1_mix`:
+    stage 1's cases (`stage1_pairs`); `from_stage1`: a stage-1 model to run stage 2 from (one that
+    `benchmarks.demo_stage1` kept, say); `from_stage2`: a stage-2 model to run stage 3 from (the shipped
+    demo model is one)."""
     prompting, tracking, broad = stage_configs(out, seed, prompt_steps, track_steps, minutes, broad_steps)
     if from_stage2 is None:
-        pairs = training_pairs()
-        train(prompting, pairs, [], log=lambda e: log({"stage": 1, **e}))  # no validation: the last weights
-        result = train(tracking, pairs, validation_pairs(), log=lambda e: log({"stage": 2, **e}))
-        prompting.out_checkpoint.unlink(missing_ok=True)
+        if from_stage1 is None:
+            train(prompting, stage1_pairs(stage1_mix), [], log=lambda e: log({"stage": 1, **e}))  # no validation: the last weights
+        else:
+            tracking.init_checkpoint = Path(from_stage1)
+        result = train(tracking, training_pairs(), validation_pairs(), log=lambda e: log({"stage": 2, **e}))
+        if from_stage1 is None:
+            prompting.out_checkpoint.unlink(missing_ok=True)
     elif broad_steps <= 0:
         raise ValueError("--from-stage2 runs stage 3 only: give --broad-steps N")
     else:

@@ -1,0 +1,25 @@
+"""The demo model's recipe (medsam2/demo_model.py): which cases each stage sees, and where a stage starts."""
+
+import pytest
+
+from medsam2 import demo_model
+
+
+def test_stage_1_with_phantoms_of_four_sizes_adds_them_to_the_shipped_cases():
+    shipped, sized = demo_model.stage1_pairs("shipped"), demo_model.stage1_pairs("sized")
+    assert {img.shape for img, _ in shipped} == {demo_model.SHAPE}
+    assert {img.shape for img, _ in sized} == {demo_model.SHAPE, *demo_model.PHANTOM_SHAPES}
+    assert len(sized) == len(shipped) + len(demo_model.BROAD_PHANTOMS)
+    with pytest.raises(ValueError, match="shipped, sized"):
+        demo_model.stage1_pairs("phantoms")
+
+
+def test_stage_2_from_a_given_stage_1_model_starts_from_its_weights(tmp_path, trained_checkpoint):
+    """`demo-model OUT --from-stage1 M` trains no stage 1: stage 2 starts from M. Given the shipped demo
+    model as M, stage 2's validation starts where that tracking model is (about 0.85), not where a
+    one-step stage 1 from random weights would leave it."""
+    out = tmp_path / "demo.pt"
+    r = demo_model.train_demo_model(out, prompt_steps=1, track_steps=1, from_stage1=trained_checkpoint,
+                                    log=lambda e: None)
+    assert r.initial_dice > 0.7, r.initial_dice
+    assert not out.with_name("demo_stage1.pt").exists()

@@ -12,7 +12,13 @@ the vessel and each twin on their clicked slice only (no propagation: a stage-1 
 to track) on held-out phantoms of four sizes and twins:
 - `shipped`: the shipped recipe's mix (`demo_model.training_pairs`);
 - `sized`: the same plus 32 phantoms of four sizes (`demo_model.sized_phantom_pairs`);
+- `sized_after_shipped`: the `shipped` stage-1 model, then 400 more steps of stage 1 on the `sized` mix;
 and, for reference, the shipped demo model (after its stage 2).
+
+Stage 2 from the `sized` model did not learn to track where stage 2 from the `shipped` one did
+(docs/demo-model.md), so each model is also clicked once through the engine with propagation, as a
+stage-2 start: on held-out twins (5000-5003) and phantoms (100-103, 64 x 64 x 32), how much it marks off
+the clicked slice, and how much of the look-alike (the other twin, the vessel).
 
 Reported per structure: Dice on the clicked slice of SAM 2's pick (by predicted IoU) and of the best of
 its three candidates, for clicks on the structure's largest slice and, for the organ, on the middle
@@ -20,7 +26,7 @@ slice of the volume (the OHIF test's click).
 
     python -m benchmarks.demo_stage1 [--mixes shipped sized] [--work DIR]
 
-About 10 minutes of training per mix on 2 cores, then a minute of clicks. Prints one table and writes
+About 8 minutes of training per mix on 2 cores (3 for sized_after_shipped), then a minute of clicks. Prints one table and writes
 bench-results/demo_stage1.json; each mix's stage-1 weights stay in WORK (bench-results/demo_stage1/),
 reused when present, so that stage 2 can start from them
 (`python -m medsam2 demo-model OUT --stage1-mix sized`).
@@ -42,20 +48,52 @@ sys.path.insert(0, str(REPO))
 from benchmarks.demo_breadth import PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, clicked_slice  # noqa: E402
 from medsam2.clicks import interior_point, largest_slice  # noqa: E402
 
-MIXES = ("shipped", "sized")
+MIXES = ("shipped", "sized", "sized_after_shipped")
+AFTER_STEPS = 400  # sized_after_shipped: stage-1 steps on the sized mix after the shipped stage 1
 
 
 def stage1_model(mix: str, work: Path, log=print) -> Path:
     """Stage 1 of the recipe on `mix`, trained into WORK/MIX_stage1.pt unless it is there."""
+    from dataclasses import replace
+
     from medsam2.demo_model import stage1_pairs, stage_configs
+    from medsam2.training.loop import train
 
-    out = work / f"{mix}.pt"
-    prompting = stage_configs(out)[0]
+    prompting = stage_configs(work / f"{mix}.pt")[0]
     if not prompting.out_checkpoint.exists():
-        from medsam2.training.loop import train
-
-        train(prompting, stage1_pairs(mix), [], log=lambda e: log({"mix": mix, **e}) if "val_dice" in e or e.get("step", 0) % 200 == 0 else None)
+        if mix == "sized_after_shipped":
+            prompting = replace(prompting, init_checkpoint=stage1_model("shipped", work, log), max_steps=AFTER_STEPS,
+                                val_every=AFTER_STEPS)
+        every = lambda e: log({"mix": mix, **e}) if "val_dice" in e or e.get("step", 0) % 200 == 0 else None  # noqa: E731
+        train(prompting, stage1_pairs("shipped" if mix == "shipped" else "sized"), [], log=every)
     return prompting.out_checkpoint
+
+
+def off_slice_rows(segmenter) -> dict:
+    """One click with propagation: the clicked twin or organ in 3D, before and after the click, and the
+    share of its look-alike marked (the other twin, the vessel)."""
+    from benchmarks.demo_breadth import click_point
+    from medsam2.evaluation.metrics import dice
+    from medsam2.evaluation.twins import clicker, twin_results
+    from medsam2.memory_phantoms import make_memory_phantom
+    from medsam2.phantoms import PHANTOM_LABELS, make_phantom
+
+    twins = []
+    for seed in range(5000, 5004):
+        case = make_memory_phantom("twins", seed=seed)
+        twins += twin_results(case.label, clicker(segmenter, case.image))
+    organs = []
+    for seed in PHANTOM_SEEDS[4:]:
+        p = make_phantom((64, 64, 32), seed=seed)
+        truth, vessel = p.label == PHANTOM_LABELS["organ"], p.label == PHANTOM_LABELS["vessel"]
+        pred = clicker(segmenter, p.image)(click_point(truth))
+        organs.append((dice(pred, truth), pred.sum() / truth.sum(), (pred & vessel).sum() / vessel.sum()))
+    return {"twins_dice": float(np.mean([r.dice for r in twins])),
+            "twins_before": float(np.mean([r.dice_before for r in twins])),
+            "twins_after": float(np.mean([r.dice_after for r in twins])),
+            "other_twin_marked": float(np.mean([r.other_covered for r in twins])),
+            "organ_dice": float(np.mean([o[0] for o in organs])), "organ_size_ratio": float(np.mean([o[1] for o in organs])),
+            "vessel_marked": float(np.mean([o[2] for o in organs]))}
 
 
 def slice_rows(segmenter) -> dict:
@@ -103,14 +141,15 @@ def main(argv=None) -> int:
     results = {}
     segmenter = Segmenter(build_model(resolve_spec("demo", None, None, REPO / "model")))
     with quiet_propagation():  # for reference: the shipped model, after its stage 2
-        results["demo (shipped, after stage 2)"] = {"rows": slice_rows(segmenter)}
+        results["demo (shipped, after stage 2)"] = {"rows": slice_rows(segmenter), "off_slice": off_slice_rows(segmenter)}
     for mix in args.mixes:
         t0 = time.perf_counter()
         path = stage1_model(mix, args.work)
         trained = time.perf_counter() - t0
         segmenter = Segmenter(build_model(resolve_spec(str(path), DEMO_CONFIG, None, REPO / "model")))
         with quiet_propagation():
-            results[mix] = {"rows": slice_rows(segmenter), "train_seconds": trained, "checkpoint": str(path)}
+            results[mix] = {"rows": slice_rows(segmenter), "off_slice": off_slice_rows(segmenter),
+                            "train_seconds": trained, "checkpoint": str(path)}
         print(f"{mix}: trained in {trained:.0f} s", flush=True)
     names = list(results)
     print("| clicked slice: SAM 2's pick / best candidate (pick >= 0.8) | " + " | ".join(names) + " |")
@@ -121,6 +160,13 @@ def main(argv=None) -> int:
         print(f"| {row} | " + " | ".join(cells) + " |")
     print("| OHIF's click on the DICOMweb series (seeds 700-703), pick | " + " | ".join(
         " ".join(f"{d:.2f}" for d in results[n]["rows"]["organ, middle slice"]["dicom_series_middle_picked"]) for n in names) + " |")
+    print()
+    print("| one click, propagated | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for key, title in (("twins_dice", "twins: 3D Dice"), ("twins_before", "  before the click"), ("twins_after", "  after the click"),
+                       ("other_twin_marked", "  the other twin marked"), ("organ_dice", "organ: 3D Dice"),
+                       ("organ_size_ratio", "  predicted / true size"), ("vessel_marked", "  the vessel marked")):
+        print(f"| {title} | " + " | ".join(f"{results[n]['off_slice'][key]:.2f}" for n in names) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"written: {args.out}")

@@ -181,6 +181,8 @@ def train_demo_model(out: Path, seed: int = 0, log=print, prompt_steps: int = PR
     stage 1's cases (`stage1_pairs`); `from_stage1`: a stage-1 model to run stage 2 from (one that
     `benchmarks.demo_stage1` kept, say); `from_stage2`: a stage-2 model to run stage 3 from (the shipped
     demo model is one)."""
+    if from_stage1 is not None and from_stage2 is not None:
+        raise ValueError("give --from-stage1 (run stages 2 and 3) or --from-stage2 (run stage 3), not both")
     prompting, tracking, broad = stage_configs(out, seed, prompt_steps, track_steps, minutes, broad_steps)
     if from_stage2 is None:
         if from_stage1 is None:

@@ -164,6 +164,12 @@ def real_sets(work: Path) -> dict:
     return sets
 
 
+def markdown_table(lines: list[list[str]]) -> str:
+    """Rows of cells as a Markdown table, the first row its header."""
+    out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
+    return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines[1:]])
+
+
 def main(argv=None) -> int:
     from medsam2.checkpoints import build_model, resolve_spec
     from medsam2.demo_model import DEMO_CONFIG
@@ -214,10 +220,7 @@ def main(argv=None) -> int:
                       *(f"{np.mean(list(results[n]['real'][set_name].values())):.3f}" for n in names)])
         for structure in structures:
             lines.append([f"  {structure}", *(f"{results[n]['real'][set_name][structure]:.3f}" for n in names)])
-    print("| " + " | ".join(lines[0]) + " |")
-    print("|" + "---|" * len(lines[0]))
-    for line in lines[1:]:
-        print("| " + " | ".join(line) + " |")
+    print(markdown_table(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"written: {args.out}")

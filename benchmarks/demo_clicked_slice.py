@@ -70,17 +70,14 @@ def try_config(name: str, out: Path):
 def try_data(name: str, real: dict):
     """(training pairs, validation pairs) of a try: stage 3's, or for `sized_phantoms` the same without
     real crops, validated on phantoms of each size instead of real structures."""
-    from medsam2.demo_model import (BROAD_TWIN_KINDS, BROAD_TWINS, PHANTOM_SHAPES, SHAPE, broad_pairs,
-                                    broad_validation_pairs, sized_phantom_pairs, training_pairs,
-                                    validation_pairs)
-    from medsam2.memory_phantoms import make_memory_phantom
+    from medsam2.demo_model import (PHANTOM_SHAPES, broad_pairs, broad_validation_pairs, sized_phantom_pairs,
+                                    training_pairs, validation_pairs, wide_twin_pairs)
     from medsam2.phantoms import make_phantom
 
     if name != "sized_phantoms":
         return broad_pairs(real), broad_validation_pairs(real)
-    wide = [make_memory_phantom(BROAD_TWIN_KINDS[n % len(BROAD_TWIN_KINDS)], SHAPE, seed=s) for n, s in enumerate(BROAD_TWINS)]
     sized = [make_phantom(shape, seed=s) for s, shape in zip(SIZED_VALIDATION_SEEDS, PHANTOM_SHAPES)]
-    return (training_pairs() + [(c.image, c.label) for c in wide] + sized_phantom_pairs(),
+    return (training_pairs() + wide_twin_pairs() + sized_phantom_pairs(),
             validation_pairs() + [(c.image, c.label) for c in sized])
 
 

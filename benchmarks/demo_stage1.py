@@ -45,8 +45,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.demo_breadth import PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, clicked_slice  # noqa: E402
-from medsam2.clicks import interior_point, largest_slice  # noqa: E402
+from benchmarks.demo_breadth import (PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, click_point, clicked_slice,  # noqa: E402
+                                     markdown_table)
+from medsam2.clicks import interior_point  # noqa: E402
+from medsam2.evaluation.runner import quiet_propagation  # noqa: E402
 
 MIXES = ("shipped", "sized", "sized_after_shipped")
 AFTER_STEPS = 400  # sized_after_shipped: stage-1 steps on the sized mix after the shipped stage 1
@@ -72,7 +74,6 @@ def stage1_model(mix: str, work: Path, log=print) -> Path:
 def off_slice_rows(segmenter) -> dict:
     """One click with propagation: the clicked twin or organ in 3D, before and after the click, and the
     share of its look-alike marked (the other twin, the vessel)."""
-    from benchmarks.demo_breadth import click_point
     from medsam2.evaluation.metrics import dice
     from medsam2.evaluation.twins import clicker, twin_results
     from medsam2.memory_phantoms import make_memory_phantom
@@ -108,8 +109,7 @@ def slice_rows(segmenter) -> dict:
             session = segmenter.open(p.image)
             for name, value in (("organ", PHANTOM_LABELS["organ"]), ("vessel", PHANTOM_LABELS["vessel"])):
                 truth = p.label == value
-                k = largest_slice(truth)
-                rows[f"{name}, largest slice"].append(clicked_slice(segmenter, session, truth, (*interior_point(truth[:, :, k].T), k)))
+                rows[f"{name}, largest slice"].append(clicked_slice(segmenter, session, truth, click_point(truth)))
             truth = p.label == PHANTOM_LABELS["organ"]
             k = truth.shape[2] // 2
             rows["organ, middle slice"].append(clicked_slice(segmenter, session, truth, (*interior_point(truth[:, :, k].T), k)))
@@ -118,18 +118,21 @@ def slice_rows(segmenter) -> dict:
         session = segmenter.open(case.image)
         for value in TWIN_LABELS.values():
             truth = case.label == value
-            k = largest_slice(truth)
-            rows["twin, largest slice"].append(clicked_slice(segmenter, session, truth, (*interior_point(truth[:, :, k].T), k)))
+            rows["twin, largest slice"].append(clicked_slice(segmenter, session, truth, click_point(truth)))
     return {name: {"picked": float(np.mean([r["slice_picked"] for r in rs])), "best": float(np.mean([r["slice_best"] for r in rs])),
                    "picked_found": int(sum(r["slice_picked"] >= 0.8 for r in rs)), "clicks": len(rs),
                    "dicom_series_middle_picked": [r["slice_picked"] for r in rs[:4]] if name == "organ, middle slice" else None}
             for name, rs in rows.items()}
 
 
+def measure(segmenter) -> dict:
+    with quiet_propagation():
+        return {"rows": slice_rows(segmenter), "off_slice": off_slice_rows(segmenter)}
+
+
 def main(argv=None) -> int:
     from medsam2.checkpoints import build_model, resolve_spec
     from medsam2.demo_model import DEMO_CONFIG
-    from medsam2.evaluation.runner import quiet_propagation
     from medsam2.propagation import Segmenter
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -139,34 +142,30 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     results = {}
-    segmenter = Segmenter(build_model(resolve_spec("demo", None, None, REPO / "model")))
-    with quiet_propagation():  # for reference: the shipped model, after its stage 2
-        results["demo (shipped, after stage 2)"] = {"rows": slice_rows(segmenter), "off_slice": off_slice_rows(segmenter)}
+    # for reference: the shipped model, after its stage 2
+    results["demo (shipped, after stage 2)"] = measure(Segmenter(build_model(resolve_spec("demo", None, None, REPO / "model"))))
     for mix in args.mixes:
         t0 = time.perf_counter()
         path = stage1_model(mix, args.work)
         trained = time.perf_counter() - t0
-        segmenter = Segmenter(build_model(resolve_spec(str(path), DEMO_CONFIG, None, REPO / "model")))
-        with quiet_propagation():
-            results[mix] = {"rows": slice_rows(segmenter), "off_slice": off_slice_rows(segmenter),
-                            "train_seconds": trained, "checkpoint": str(path)}
+        results[mix] = {**measure(Segmenter(build_model(resolve_spec(str(path), DEMO_CONFIG, None, REPO / "model")))),
+                        "train_seconds": trained, "checkpoint": str(path)}
         print(f"{mix}: trained in {trained:.0f} s", flush=True)
     names = list(results)
-    print("| clicked slice: SAM 2's pick / best candidate (pick >= 0.8) | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
+    lines = [["clicked slice: SAM 2's pick / best candidate (pick >= 0.8)", *names]]
     for row in results[names[0]]["rows"]:
-        cells = [f"{results[n]['rows'][row]['picked']:.3f} / {results[n]['rows'][row]['best']:.3f} "
-                 f"({results[n]['rows'][row]['picked_found']}/{results[n]['rows'][row]['clicks']})" for n in names]
-        print(f"| {row} | " + " | ".join(cells) + " |")
-    print("| OHIF's click on the DICOMweb series (seeds 700-703), pick | " + " | ".join(
-        " ".join(f"{d:.2f}" for d in results[n]["rows"]["organ, middle slice"]["dicom_series_middle_picked"]) for n in names) + " |")
-    print()
-    print("| one click, propagated | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
+        cells = [results[n]["rows"][row] for n in names]
+        lines.append([row, *(f"{c['picked']:.3f} / {c['best']:.3f} ({c['picked_found']}/{c['clicks']})" for c in cells)])
+    lines.append(["OHIF's click on the DICOMweb series (seeds 700-703), pick",
+                  *(" ".join(f"{d:.2f}" for d in results[n]["rows"]["organ, middle slice"]["dicom_series_middle_picked"])
+                    for n in names)])
+    print(markdown_table(lines) + "\n")
+    lines = [["one click, propagated", *names]]
     for key, title in (("twins_dice", "twins: 3D Dice"), ("twins_before", "  before the click"), ("twins_after", "  after the click"),
                        ("other_twin_marked", "  the other twin marked"), ("organ_dice", "organ: 3D Dice"),
                        ("organ_size_ratio", "  predicted / true size"), ("vessel_marked", "  the vessel marked")):
-        print(f"| {title} | " + " | ".join(f"{results[n]['off_slice'][key]:.2f}" for n in names) + " |")
+        lines.append([title, *(f"{results[n]['off_slice'][key]:.2f}" for n in names)])
+    print(markdown_table(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"written: {args.out}")

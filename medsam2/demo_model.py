@@ -77,9 +77,14 @@ def training_pairs():
 def broad_pairs(real: dict | None = None):
     """Stage 3's mix: the stage-2 cases (so tracking is kept), wider twins, phantoms of four sizes, real
     crops (of `real`, `real_volumes()` when not given)."""
+    return training_pairs() + wide_twin_pairs() + sized_phantom_pairs() + real_training_pairs(real=real)
+
+
+def wide_twin_pairs():
+    """Twins from the wider generator (radii, gaps, turns and extents beyond stage 2's)."""
     twins = [make_memory_phantom(BROAD_TWIN_KINDS[n % len(BROAD_TWIN_KINDS)], SHAPE, seed=s)
              for n, s in enumerate(BROAD_TWINS)]
-    return training_pairs() + [(c.image, c.label) for c in twins] + sized_phantom_pairs() + real_training_pairs(real=real)
+    return [(c.image, c.label) for c in twins]
 
 
 def sized_phantom_pairs():

@@ -43,7 +43,6 @@ sys.path.insert(0, str(REPO))
 SHIPPED = REPO / "model" / "demo" / "medsam2_demo.pt"
 DECODER = ("sam_prompt_encoder.", "sam_mask_decoder.")
 TRIES = ("stage3_memory_lr", "decoder_slices", "iou_head", "decoder_clips", "sized_phantoms")
-SIZED_VALIDATION_SEEDS = range(950, 954)
 
 
 def try_config(name: str, out: Path):
@@ -70,15 +69,12 @@ def try_config(name: str, out: Path):
 def try_data(name: str, real: dict):
     """(training pairs, validation pairs) of a try: stage 3's, or for `sized_phantoms` the same without
     real crops, validated on phantoms of each size instead of real structures."""
-    from medsam2.demo_model import (PHANTOM_SHAPES, broad_pairs, broad_validation_pairs, sized_phantom_pairs,
-                                    training_pairs, validation_pairs, wide_twin_pairs)
-    from medsam2.phantoms import make_phantom
+    from medsam2.demo_model import (broad_pairs, broad_validation_pairs, sized_phantom_pairs, stage2_validation_pairs,
+                                    training_pairs, wide_twin_pairs)
 
     if name != "sized_phantoms":
         return broad_pairs(real), broad_validation_pairs(real)
-    sized = [make_phantom(shape, seed=s) for s, shape in zip(SIZED_VALIDATION_SEEDS, PHANTOM_SHAPES)]
-    return (training_pairs() + wide_twin_pairs() + sized_phantom_pairs(),
-            validation_pairs() + [(c.image, c.label) for c in sized])
+    return training_pairs() + wide_twin_pairs() + sized_phantom_pairs(), stage2_validation_pairs("sized")
 
 
 def main(argv=None) -> int:

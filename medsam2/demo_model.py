@@ -44,8 +44,9 @@ from .training.prompt_sim import PromptSettings
 DEMO_CONFIG = "sam2.1_hiera_nano"
 PROMPT_STEPS = 1200  # stage 1: single prompted slices
 TRACK_STEPS = 2400  # stage 2: clips of 8 slices
-STAGE1_MIXES = ("shipped", "sized")
+STAGE1_MIXES = ("shipped", "sized")  # also stage 2's (`stage2_pairs`)
 STAGE1_MIX = "shipped"  # stage 1's cases (`stage1_pairs`)
+STAGE2_MIX = "shipped"  # stage 2's cases and validation (`stage2_pairs`, `stage2_validation_pairs`)
 BROAD_STEPS = 0  # stage 3 (clips of 8 slices from the broad mix): off in the shipped recipe
 SHAPE = (64, 64, 32)
 TWIN_KINDS = ("twins", "twins", "twins+fade", "twins+gap", "twins+drift", "twins+fade+drift", "twins+gap+drift")
@@ -54,6 +55,7 @@ TWIN_KINDS = ("twins", "twins", "twins+fade", "twins+gap", "twins+drift", "twins
 TRAIN_TWINS = range(1000, 1032)
 TRAIN_PHANTOMS = range(10, 18)
 VALIDATION = (("twins", 9000), ("twins+drift", 9001), ("twins+gap", 9002), ("phantom", 900))
+SIZED_VALIDATION = range(950, 954)  # one held-out phantom of each of PHANTOM_SHAPES (stage 2's `sized` mix)
 # stage 3's broad mix: phantoms of several sizes (organ clicks must hold on any phantom-like CT; seeds
 # 700+ are the DICOM tests' series, never trained on), twins from the wider generator too, real crops
 BROAD_PHANTOMS = range(20, 52)
@@ -133,6 +135,21 @@ def stage1_pairs(mix: str = STAGE1_MIX):
     return training_pairs() + (sized_phantom_pairs() if mix == "sized" else [])
 
 
+def stage2_pairs(mix: str = STAGE2_MIX):
+    """Stage 2's cases: the shipped ones (`training_pairs`), or those and phantoms of four sizes (`sized`),
+    so that tracking is learned on organ clicks of every size and does not cost stage 1's organ."""
+    return stage1_pairs(mix)
+
+
+def stage2_validation_pairs(mix: str = STAGE2_MIX):
+    """Stage 2 keeps its best weights on these: `validation_pairs`, plus for the `sized` mix one held-out
+    phantom of each size (seeds 950-953), so that a run which loses organ clicks of other sizes is seen."""
+    if mix not in STAGE1_MIXES:
+        raise ValueError(f"stage 2 mix {mix!r}: one of {', '.join(STAGE1_MIXES)}")
+    sized = [make_phantom(shape, seed=s) for s, shape in zip(SIZED_VALIDATION, PHANTOM_SHAPES)] if mix == "sized" else []
+    return validation_pairs() + [(c.image, c.label) for c in sized]
+
+
 def validation_pairs():
     cases = [make_phantom(SHAPE, seed=s) if kind == "phantom" else make_memory_phantom(kind, SHAPE, seed=s)
              for kind, s in VALIDATION]
@@ -180,11 +197,12 @@ def stage_configs(out: Path, seed: int = 0, prompt_steps: int = PROMPT_STEPS, tr
 def train_demo_model(out: Path, seed: int = 0, log=print, prompt_steps: int = PROMPT_STEPS,
                      track_steps: int = TRACK_STEPS, minutes: float | None = None, broad_steps: int = BROAD_STEPS,
                      from_stage2: Path | None = None, stage1_mix: str = STAGE1_MIX,
-                     from_stage1: Path | None = None) -> TrainResult:
+                     from_stage1: Path | None = None, stage2_mix: str = STAGE2_MIX) -> TrainResult:
     """Train stages 1 and 2 (and 3 when `broad_steps` > 0) and write the best weights of the last one to
     `out` in fp16 (see `compact`). `minutes` bounds each stage's time (for smoke runs); `stage1_mix`:
     stage 1's cases (`stage1_pairs`); `from_stage1`: a stage-1 model to run stage 2 from (one that
-    `benchmarks.demo_stage1` kept, say); `from_stage2`: a stage-2 model to run stage 3 from (the shipped
+    `benchmarks.demo_stage1` kept, say); `stage2_mix`: stage 2's cases and validation (`stage2_pairs`);
+    `from_stage2`: a stage-2 model to run stage 3 from (the shipped
     demo model is one)."""
     if from_stage1 is not None and from_stage2 is not None:
         raise ValueError("give --from-stage1 (run stages 2 and 3) or --from-stage2 (run stage 3), not both")
@@ -194,7 +212,8 @@ def train_demo_model(out: Path, seed: int = 0, log=print, prompt_steps: int = PR
             train(prompting, stage1_pairs(stage1_mix), [], log=lambda e: log({"stage": 1, **e}))  # no validation: the last weights
         else:
             tracking.init_checkpoint = Path(from_stage1)
-        result = train(tracking, training_pairs(), validation_pairs(), log=lambda e: log({"stage": 2, **e}))
+        result = train(tracking, stage2_pairs(stage2_mix), stage2_validation_pairs(stage2_mix),
+                       log=lambda e: log({"stage": 2, **e}))
         if from_stage1 is None:
             prompting.out_checkpoint.unlink(missing_ok=True)
     elif broad_steps <= 0:

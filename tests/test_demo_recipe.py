@@ -5,13 +5,24 @@ import pytest
 from medsam2 import demo_model
 
 
-def test_stage_1_with_phantoms_of_four_sizes_adds_them_to_the_shipped_cases():
-    shipped, sized = demo_model.stage1_pairs("shipped"), demo_model.stage1_pairs("sized")
+@pytest.mark.parametrize("stage_pairs", [demo_model.stage1_pairs, demo_model.stage2_pairs])
+def test_a_stage_with_phantoms_of_four_sizes_adds_them_to_the_shipped_cases(stage_pairs):
+    shipped, sized = stage_pairs("shipped"), stage_pairs("sized")
     assert {img.shape for img, _ in shipped} == {demo_model.SHAPE}
     assert {img.shape for img, _ in sized} == {demo_model.SHAPE, *demo_model.PHANTOM_SHAPES}
     assert len(sized) == len(shipped) + len(demo_model.BROAD_PHANTOMS)
     with pytest.raises(ValueError, match="shipped, sized"):
-        demo_model.stage1_pairs("phantoms")
+        stage_pairs("phantoms")
+
+
+def test_stage_2_on_phantoms_of_four_sizes_validates_on_a_held_out_phantom_of_each_size():
+    """Its best weights are chosen where organ clicks of every size count, on phantoms it never saw."""
+    shipped, sized = demo_model.stage2_validation_pairs("shipped"), demo_model.stage2_validation_pairs("sized")
+    assert len(shipped) == len(demo_model.VALIDATION)
+    added = sized[len(shipped):]
+    assert sorted(img.shape for img, _ in added) == sorted(demo_model.PHANTOM_SHAPES)
+    trained = {img.tobytes() for img, _ in demo_model.stage2_pairs("sized")}
+    assert not any(img.tobytes() in trained for img, _ in added)
 
 
 def test_stage_2_from_a_given_stage_1_model_starts_from_its_weights(tmp_path, trained_checkpoint):

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     d.add_argument("--track-steps", type=int, default=None, help="stage 2 steps (default: the recipe's)")
     d.add_argument("--broad-steps", type=int, default=None, help="stage 3 steps, the broad mix with real crops (default 0: off, as shipped)")
     d.add_argument("--stage1-mix", default=None, help="stage 1's cases: shipped or sized (default: the recipe's)")
-    d.add_argument("--stage2-mix", default=None, help="stage 2's cases and validation: shipped or sized (default: the recipe's)")
+    d.add_argument("--stage2-mix", default=None, help="stage 2's cases and validation: shipped, sized or sized+twins (default: the recipe's)")
     d.add_argument("--from-stage1", type=Path, default=None,
                    help="run stage 2 (and 3) from this stage-1 model instead of training stage 1")
     d.add_argument("--from-stage2", type=Path, default=None,

@@ -19,8 +19,9 @@ steps, where the phantom-only stage 2 rises to 0.85). What stage 3 did, and why 
 docs/demo-model.md, "A broader mix". Stage 1 can also see phantoms of four sizes (`--stage1-mix
 sized`): it then decodes organ clicks far better, but stage 2 from it did not learn to track (same
 page, "Stage 1 decides the clicked slice"). Stage 2 can see them too (`--stage2-mix sized`): every
-organ click is then found, but two of 16 held-out twin clicks fail (same page, "Stage 2 on phantoms of
-four sizes"). The result ships in the repository (model/demo/, fp16, its sha256 in the manifest):
+organ click is then found, but two of 16 held-out twin clicks fail; with the twins listed twice
+(`sized+twins`) three fail and fewer organs are found (same page, "Stage 2 on phantoms of four
+sizes"). The result ships in the repository (model/demo/, fp16, its sha256 in the manifest):
 `python -m medsam2 fetch demo` verifies it, `--conf checkpoint demo` serves it, and
 `python -m medsam2 demo-model model/demo/medsam2_demo.pt` makes it again (README: "Demo model").
 It is a demonstration: never use it on patient images.

@@ -37,8 +37,8 @@ def test_stage_2_from_a_given_stage_1_model_starts_from_its_weights(tmp_path, tr
 
 
 def test_stage_2_with_twins_counted_twice_keeps_them_most_of_the_clips():
-    """Stage 2 on the `sized` mix lost two twin clicks (docs/demo-model.md); `sized+twins` lists every
-    training twin twice, so that they are most of what stage 2 samples."""
+    """`sized+twins` lists every training twin twice, so that they are most of what stage 2 samples (a
+    measured try: docs/demo-model.md, "Stage 2 on phantoms of four sizes")."""
     sized, doubled = demo_model.stage2_pairs("sized"), demo_model.stage2_pairs("sized+twins")
     twins = {img.tobytes() for img, _ in demo_model.training_pairs()[:len(demo_model.TRAIN_TWINS)]}
     count = lambda pairs: sum(img.tobytes() in twins for img, _ in pairs)  # noqa: E731

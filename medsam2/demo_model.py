@@ -74,10 +74,16 @@ REAL_VALIDATION_REGIONS = ("Precentral_L", "Temporal_Sup_R", "Occipital_Mid_L")
 
 
 def training_pairs():
-    pairs = [make_memory_phantom(TWIN_KINDS[n % len(TWIN_KINDS)], SHAPE, seed=s) for n, s in enumerate(TRAIN_TWINS)]
-    pairs += [make_memory_phantom("phantom+fade", SHAPE, seed=s) if n % 4 == 0 else make_phantom(SHAPE, seed=s)
-              for n, s in enumerate(TRAIN_PHANTOMS)]
-    return [(p.image, p.label) for p in pairs]
+    """Stage 2's shipped cases: the training twins, then the training phantoms (a quarter fading)."""
+    phantoms = [make_memory_phantom("phantom+fade", SHAPE, seed=s) if n % 4 == 0 else make_phantom(SHAPE, seed=s)
+                for n, s in enumerate(TRAIN_PHANTOMS)]
+    return twin_pairs() + [(p.image, p.label) for p in phantoms]
+
+
+def twin_pairs():
+    """The training twins (TWIN_KINDS in turn, seeds TRAIN_TWINS)."""
+    twins = [make_memory_phantom(TWIN_KINDS[n % len(TWIN_KINDS)], SHAPE, seed=s) for n, s in enumerate(TRAIN_TWINS)]
+    return [(c.image, c.label) for c in twins]
 
 
 def broad_pairs(real: dict | None = None):
@@ -145,7 +151,7 @@ def stage2_pairs(mix: str = STAGE2_MIX):
     `sized+twins` lists the twins twice, so that they keep most of the clips (62 % against 44 %)."""
     if mix not in STAGE2_MIXES:
         raise ValueError(f"stage 2 mix {mix!r}: one of {', '.join(STAGE2_MIXES)}")
-    twins_again = training_pairs()[:len(TRAIN_TWINS)] if mix == "sized+twins" else []
+    twins_again = twin_pairs() if mix == "sized+twins" else []
     return stage1_pairs("shipped" if mix == "shipped" else "sized") + twins_again
 
 
@@ -154,7 +160,9 @@ def stage2_validation_pairs(mix: str = STAGE2_MIX):
     phantom of each size (seeds 950-953), so that a run which loses organ clicks of other sizes is seen."""
     if mix not in STAGE2_MIXES:
         raise ValueError(f"stage 2 mix {mix!r}: one of {', '.join(STAGE2_MIXES)}")
-    sized = [make_phantom(shape, seed=s) for s, shape in zip(SIZED_VALIDATION, PHANTOM_SHAPES)] if mix != "shipped" else []
+    if mix == "shipped":
+        return validation_pairs()
+    sized = [make_phantom(shape, seed=s) for s, shape in zip(SIZED_VALIDATION, PHANTOM_SHAPES)]
     return validation_pairs() + [(c.image, c.label) for c in sized]
 
 
@@ -210,8 +218,7 @@ def train_demo_model(out: Path, seed: int = 0, log=print, prompt_steps: int = PR
     `out` in fp16 (see `compact`). `minutes` bounds each stage's time (for smoke runs); `stage1_mix`:
     stage 1's cases (`stage1_pairs`); `from_stage1`: a stage-1 model to run stage 2 from (one that
     `benchmarks.demo_stage1` kept, say); `stage2_mix`: stage 2's cases and validation (`stage2_pairs`);
-    `from_stage2`: a stage-2 model to run stage 3 from (the shipped
-    demo model is one)."""
+    `from_stage2`: a stage-2 model to run stage 3 from (the shipped demo model is one)."""
     if from_stage1 is not None and from_stage2 is not None:
         raise ValueError("give --from-stage1 (run stages 2 and 3) or --from-stage2 (run stage 3), not both")
     prompting, tracking, broad = stage_configs(out, seed, prompt_steps, track_steps, minutes, broad_steps)

@@ -40,7 +40,7 @@ def test_stage_2_with_twins_counted_twice_keeps_them_most_of_the_clips():
     """`sized+twins` lists every training twin twice, so that they are most of what stage 2 samples (a
     measured try: docs/demo-model.md, "Stage 2 on phantoms of four sizes")."""
     sized, doubled = demo_model.stage2_pairs("sized"), demo_model.stage2_pairs("sized+twins")
-    twins = {img.tobytes() for img, _ in demo_model.training_pairs()[:len(demo_model.TRAIN_TWINS)]}
+    twins = {img.tobytes() for img, _ in demo_model.twin_pairs()}
     count = lambda pairs: sum(img.tobytes() in twins for img, _ in pairs)  # noqa: E731
     assert count(sized) == len(twins) and count(doubled) == 2 * len(twins)
     assert count(doubled) / len(doubled) > 0.6 > count(sized) / len(sized)

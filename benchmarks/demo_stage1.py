@@ -80,7 +80,7 @@ def off_slice_rows(segmenter) -> dict:
     from medsam2.phantoms import PHANTOM_LABELS, make_phantom
 
     twins = []
-    for seed in range(5000, 5004):
+    for seed in TWIN_SEEDS[:4]:
         case = make_memory_phantom("twins", seed=seed)
         twins += twin_results(case.label, clicker(segmenter, case.image))
     organs = []

@@ -138,10 +138,15 @@ def real_training_pairs(seed: int = 0, real: dict | None = None) -> list[tuple[n
     return pairs
 
 
+def check_mix(stage: int, mix: str, mixes: tuple[str, ...]) -> None:
+    """Refuse a mix the stage does not have, naming the ones it has (the CLI passes the name through)."""
+    if mix not in mixes:
+        raise ValueError(f"stage {stage} mix {mix!r}: one of {', '.join(mixes)}")
+
+
 def stage1_pairs(mix: str = STAGE1_MIX):
     """Stage 1's cases: stage 2's (`shipped`), or those and phantoms of four sizes (`sized`)."""
-    if mix not in STAGE1_MIXES:
-        raise ValueError(f"stage 1 mix {mix!r}: one of {', '.join(STAGE1_MIXES)}")
+    check_mix(1, mix, STAGE1_MIXES)
     return training_pairs() + (sized_phantom_pairs() if mix == "sized" else [])
 
 
@@ -149,8 +154,7 @@ def stage2_pairs(mix: str = STAGE2_MIX):
     """Stage 2's cases: the shipped ones (`training_pairs`), or those and phantoms of four sizes (`sized`),
     so that tracking is learned on organ clicks of every size and does not cost stage 1's organ;
     `sized+twins` lists the twins twice, so that they keep most of the clips (62 % against 44 %)."""
-    if mix not in STAGE2_MIXES:
-        raise ValueError(f"stage 2 mix {mix!r}: one of {', '.join(STAGE2_MIXES)}")
+    check_mix(2, mix, STAGE2_MIXES)
     twins_again = twin_pairs() if mix == "sized+twins" else []
     return stage1_pairs("shipped" if mix == "shipped" else "sized") + twins_again
 
@@ -158,8 +162,7 @@ def stage2_pairs(mix: str = STAGE2_MIX):
 def stage2_validation_pairs(mix: str = STAGE2_MIX):
     """Stage 2 keeps its best weights on these: `validation_pairs`, plus for the `sized` mixes one held-out
     phantom of each size (seeds 950-953), so that a run which loses organ clicks of other sizes is seen."""
-    if mix not in STAGE2_MIXES:
-        raise ValueError(f"stage 2 mix {mix!r}: one of {', '.join(STAGE2_MIXES)}")
+    check_mix(2, mix, STAGE2_MIXES)
     if mix == "shipped":
         return validation_pairs()
     sized = [make_phantom(shape, seed=s) for s, shape in zip(SIZED_VALIDATION, PHANTOM_SHAPES)]
@@ -221,6 +224,8 @@ def train_demo_model(out: Path, seed: int = 0, log=print, prompt_steps: int = PR
     `from_stage2`: a stage-2 model to run stage 3 from (the shipped demo model is one)."""
     if from_stage1 is not None and from_stage2 is not None:
         raise ValueError("give --from-stage1 (run stages 2 and 3) or --from-stage2 (run stage 3), not both")
+    check_mix(1, stage1_mix, STAGE1_MIXES)  # before any training: a wrong stage-2 mix is not found after stage 1
+    check_mix(2, stage2_mix, STAGE2_MIXES)
     prompting, tracking, broad = stage_configs(out, seed, prompt_steps, track_steps, minutes, broad_steps)
     if from_stage2 is None:
         if from_stage1 is None:

@@ -44,3 +44,11 @@ def test_stage_2_with_twins_counted_twice_keeps_them_most_of_the_clips():
     count = lambda pairs: sum(img.tobytes() in twins for img, _ in pairs)  # noqa: E731
     assert count(sized) == len(twins) and count(doubled) == 2 * len(twins)
     assert count(doubled) / len(doubled) > 0.6 > count(sized) / len(sized)
+
+
+def test_a_wrong_stage_2_mix_is_refused_before_stage_1_trains(tmp_path):
+    """Stage 1 takes minutes; a mistyped stage-2 mix must not be found only after it."""
+    out = tmp_path / "demo.pt"
+    with pytest.raises(ValueError, match="shipped, sized, sized\\+twins"):
+        demo_model.train_demo_model(out, prompt_steps=1, track_steps=1, stage2_mix="sized_twins", log=lambda e: None)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written

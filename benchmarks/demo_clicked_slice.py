@@ -47,10 +47,11 @@ TRIES = ("stage3_memory_lr", "decoder_slices", "iou_head", "decoder_clips", "siz
 
 def try_config(name: str, out: Path):
     """Stage 3's settings (demo_model.stage_configs), changed as the try says."""
-    from medsam2.demo_model import stage_configs
+    from medsam2.demo_model import DemoRecipe, stage_configs
     from medsam2.training.prompt_sim import PromptSettings
 
-    broad = replace(stage_configs(out, broad_steps=1500)[2], init_checkpoint=SHIPPED, out_checkpoint=out)
+    broad = replace(stage_configs(out, DemoRecipe(stage3_steps=1500, stage3_mix="broad"))[2],
+                    init_checkpoint=SHIPPED, out_checkpoint=out)
     if name == "stage3_memory_lr":
         return replace(broad, memory_lr_scale=3.0)
     short = replace(broad, max_steps=800, val_every=200)

@@ -70,7 +70,8 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="memory-recipe-"))
     pairs, val = demo_model.training_pairs(), demo_model.validation_pairs()
-    prompting, _, _ = demo_model.stage_configs(work / "stage1_base.pt", prompt_steps=args.prompt_steps)
+    stage1_only = demo_model.DemoRecipe(prompt_steps=args.prompt_steps)
+    prompting, _, _ = demo_model.stage_configs(work / "stage1_base.pt", stage1_only)
     print(f"stage 1 ({args.prompt_steps} steps, shared by every variant) ...", flush=True)
     t0 = time.time()
     train(prompting, pairs, [], log=lambda e: None)
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.variants:
         config = write_config(work, name, VARIANTS[name])
-        _, tracking, _ = demo_model.stage_configs(work / "variant.pt", track_steps=args.steps)
+        _, tracking, _ = demo_model.stage_configs(work / "variant.pt", demo_model.DemoRecipe(track_steps=args.steps))
         tracking.model_config, tracking.init_checkpoint = str(config), prompting.out_checkpoint
         tracking.val_every = args.steps
         print(f"{name}: {args.steps} steps ...", flush=True)

@@ -34,14 +34,17 @@ def main(argv=None) -> int:
     d.add_argument("out", type=Path)
     d.add_argument("--prompt-steps", type=int, default=None, help="stage 1 steps (default: the recipe's)")
     d.add_argument("--track-steps", type=int, default=None, help="stage 2 steps (default: the recipe's)")
-    d.add_argument("--broad-steps", type=int, default=None, help="stage 3 steps, the broad mix with real crops (default 0: off, as shipped)")
+    d.add_argument("--stage3-steps", type=int, default=None,
+                   help="stage 3 steps (default: the recipe's)")
+    d.add_argument("--stage3-mix", default=None,
+                   help="stage 3's cases and validation: broad (real crops) or twins (default: the recipe's)")
     d.add_argument("--stage1-mix", default=None, help="stage 1's cases: shipped or sized (default: the recipe's)")
     d.add_argument("--stage2-mix", default=None, help="stage 2's cases and validation: shipped, sized or sized+twins (default: the recipe's)")
     d.add_argument("--from-stage1", type=Path, default=None,
                    help="run stage 2 (and 3) from this stage-1 model instead of training stage 1")
     d.add_argument("--from-stage2", type=Path, default=None,
                    help="run stage 3 only, from this stage-2 model (the shipped demo model is one)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=None)
     c = sub.add_parser("challenge-predict")
     c.add_argument("--inputs", type=Path, required=True)
     c.add_argument("--outputs", type=Path, required=True)
@@ -83,14 +86,14 @@ def main(argv=None) -> int:
                 save_nifti(make(), args.dir / f"{image_id}.nii.gz")
         print(f"sample study in {args.dir}: {', '.join(makers)}")
     elif args.cmd == "demo-model":
-        from .demo_model import BROAD_STEPS, PROMPT_STEPS, STAGE1_MIX, STAGE2_MIX, TRACK_STEPS, train_demo_model
+        from dataclasses import replace
 
-        r = train_demo_model(args.out, seed=args.seed, prompt_steps=args.prompt_steps or PROMPT_STEPS,
-                             track_steps=args.track_steps or TRACK_STEPS,
-                             broad_steps=BROAD_STEPS if args.broad_steps is None else args.broad_steps,
-                             from_stage2=args.from_stage2, stage1_mix=args.stage1_mix or STAGE1_MIX,
-                             from_stage1=args.from_stage1, stage2_mix=args.stage2_mix or STAGE2_MIX,
-                             log=lambda e: print(e, flush=True) if "val_dice" in e or e["step"] % 50 == 0 else None)
+        from .demo_model import DemoRecipe, train_demo_model
+
+        given = {k: v for k, v in vars(args).items() if k in DemoRecipe.__dataclass_fields__ and v is not None}
+        r = train_demo_model(args.out, replace(DemoRecipe(), **given),
+                             log=lambda e: print(e, flush=True)
+                             if "val_dice" in e or "val_parts" in e or e["step"] % 50 == 0 else None)
         print(f"demo model: {r.published} (validation one-click Dice {r.initial_dice:.2f} -> {r.best_dice:.2f}); "
               f"its sha256 goes into model/manifest.json (entry 'demo') when it replaces the shipped one")
     return 0

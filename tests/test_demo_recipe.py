@@ -30,8 +30,8 @@ def test_stage_2_from_a_given_stage_1_model_starts_from_its_weights(tmp_path, tr
     model as M, stage 2's validation starts where that tracking model is (about 0.85), not where a
     one-step stage 1 from random weights would leave it."""
     out = tmp_path / "demo.pt"
-    r = demo_model.train_demo_model(out, prompt_steps=1, track_steps=1, from_stage1=trained_checkpoint,
-                                    log=lambda e: None)
+    r = demo_model.train_demo_model(out, demo_model.DemoRecipe(prompt_steps=1, track_steps=1,
+                                                                  from_stage1=trained_checkpoint), log=lambda e: None)
     assert r.initial_dice > 0.7, r.initial_dice
     assert not out.with_name("demo_stage1.pt").exists()
 
@@ -46,9 +46,12 @@ def test_stage_2_with_twins_counted_twice_keeps_them_most_of_the_clips():
     assert count(doubled) / len(doubled) > 0.6 > count(sized) / len(sized)
 
 
-def test_a_wrong_stage_2_mix_is_refused_before_stage_1_trains(tmp_path):
-    """Stage 1 takes minutes; a mistyped stage-2 mix must not be found only after it."""
+@pytest.mark.parametrize("wrong, choices", [({"stage2_mix": "sized_twins"}, "shipped, sized, sized\\+twins"),
+                                            ({"stage3_mix": "twin"}, "broad, twins")])
+def test_a_wrong_later_stage_mix_is_refused_before_stage_1_trains(tmp_path, wrong, choices):
+    """Stage 1 takes minutes and stages 1 and 2 an hour; a mistyped later mix must not be found after them."""
     out = tmp_path / "demo.pt"
-    with pytest.raises(ValueError, match="shipped, sized, sized\\+twins"):
-        demo_model.train_demo_model(out, prompt_steps=1, track_steps=1, stage2_mix="sized_twins", log=lambda e: None)
+    with pytest.raises(ValueError, match=choices):
+        demo_model.train_demo_model(out, demo_model.DemoRecipe(prompt_steps=1, track_steps=1, stage3_steps=1, **wrong),
+                                    log=lambda e: None)
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written

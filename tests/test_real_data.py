@@ -77,9 +77,9 @@ def test_the_demo_recipes_real_crops_never_show_a_held_out_structure():
 
 
 def test_the_shipped_demo_recipe_ends_with_stage_2_unless_stage_3_is_asked_for(tmp_path):
-    from medsam2.demo_model import stage_configs
+    from medsam2.demo_model import DemoRecipe, stage_configs
 
     _, tracking, _ = stage_configs(tmp_path / "demo.pt")
     assert tracking.out_checkpoint == tmp_path / "demo.pt"  # the reproduce command writes stage 2 there
-    _, tracking, broad = stage_configs(tmp_path / "demo.pt", broad_steps=10)
+    _, tracking, broad = stage_configs(tmp_path / "demo.pt", DemoRecipe(stage3_steps=10))
     assert broad.out_checkpoint == tmp_path / "demo.pt" and broad.init_checkpoint == tracking.out_checkpoint != broad.out_checkpoint

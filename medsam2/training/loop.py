@@ -254,9 +254,11 @@ def train_step(objective: ClipObjective, sampler: ClipSampler, rng: np.random.Ge
 
 def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] = print,
           should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world_size: int = 1,
-          replay_pairs=None) -> TrainResult:
+          replay_pairs=None, score: Callable[[torch.nn.Module], float] | None = None) -> TrainResult:
     """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up).
-    `replay_pairs`: what the model was trained on before, drawn for `cfg.replay_share` of the clips."""
+    `replay_pairs`: what the model was trained on before, drawn for `cfg.replay_share` of the clips.
+    `score(model)`: how the weights are judged at each validation, higher is better (default: the
+    one-click Dice over `val_pairs`); it runs with the model in eval mode, only when `val_pairs` is given."""
     if cfg.anchor and cfg.init_checkpoint is None:
         raise ValueError("anchor pulls the weights back toward a checkpoint's: it needs one to start from")
     t0 = time.time()
@@ -295,8 +297,18 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     is_main = rank == 0
 
+    def validate() -> float:
+        if score is None:
+            return one_click_dice(model, val_pairs, cfg.intensity, cfg.field_of_view)
+        was_training = model.training
+        model.eval()
+        try:
+            return float(score(model))
+        finally:
+            model.train(was_training)
+
     history: list[dict] = []
-    initial = one_click_dice(model, val_pairs, cfg.intensity, cfg.field_of_view) if is_main and val_pairs else float("nan")
+    initial = validate() if is_main and val_pairs else float("nan")
     best, best_state = initial, None
     if is_main:
         log({"step": 0, "val_dice": initial, "elapsed_s": round(time.time() - t0, 1)})
@@ -313,7 +325,7 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         out_of_time = _agree(cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes, world_size)
         stop = _agree(should_stop(), world_size)
         if is_main and val_pairs and (step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time):
-            entry["val_dice"] = one_click_dice(model, val_pairs, cfg.intensity, cfg.field_of_view)
+            entry["val_dice"] = validate()
             if not (entry["val_dice"] <= best):  # also true when best is nan
                 best, best_state = entry["val_dice"], copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
         entry["elapsed_s"] = round(time.time() - t0, 1)

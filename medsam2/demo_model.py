@@ -292,8 +292,8 @@ def stage_configs(out: Path, recipe: DemoRecipe = DemoRecipe()) -> tuple[TrainCo
 def train_demo_model(out: Path, recipe: DemoRecipe = DemoRecipe(), log=print) -> TrainResult:
     """Train the recipe's stages and write the best weights of the last one to `out` in fp16 (see
     `compact`). Stage 2 hands stage 3 its file in fp16 too, so that a run in one go and the same stages
-    run one by one (`from_stage2` given the fp16 file a stage-2 run writes) start stage 3 from the same
-    weights. When stage 3 finds nothing better than stage 2, stage 2's weights are `out`."""
+    run one by one (`from_stage2` given the file a stage-2 run writes) start stage 3 from the same
+    weights."""
     recipe.check()
     prompting, tracking, stage3 = stage_configs(out, recipe)
     if recipe.from_stage2 is None:
@@ -302,23 +302,28 @@ def train_demo_model(out: Path, recipe: DemoRecipe = DemoRecipe(), log=print) ->
                   log=lambda e: log({"stage": 1, **e}))
         else:
             tracking.init_checkpoint = Path(recipe.from_stage1)
-        result = train(tracking, stage2_pairs(recipe.stage2_mix), stage2_validation_pairs(recipe.stage2_mix),
-                       log=lambda e: log({"stage": 2, **e}))
-        if result.published is not None:
-            compact(result.published)
+        result = kept_or_start(tracking, train(tracking, stage2_pairs(recipe.stage2_mix),
+                                               stage2_validation_pairs(recipe.stage2_mix),
+                                               log=lambda e: log({"stage": 2, **e})))
         if recipe.from_stage1 is None:
             prompting.out_checkpoint.unlink(missing_ok=True)
     else:
         stage3.init_checkpoint = Path(recipe.from_stage2)
     if recipe.stage3_steps > 0:
-        result = train_stage3(stage3, recipe.stage3_mix, log=lambda e: log({"stage": 3, **e}))
-        if result.published is not None:
-            compact(result.published)
-        else:  # stage 3 beat nothing: stage 2's weights are the model
-            shutil.copyfile(stage3.init_checkpoint, out)
-            result.published = Path(out)
+        result = kept_or_start(stage3, train_stage3(stage3, recipe.stage3_mix, log=lambda e: log({"stage": 3, **e})))
         if recipe.from_stage2 is None:
             tracking.out_checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def kept_or_start(cfg: TrainConfig, result: TrainResult) -> TrainResult:
+    """A stage's result in fp16 at its `out_checkpoint`: its best weights, or, when none beat the
+    weights it started from, those (the next stage, or the recipe's output, always has a file)."""
+    if result.published is None and not result.stopped:
+        shutil.copyfile(cfg.init_checkpoint, cfg.out_checkpoint)
+        result.published = Path(cfg.out_checkpoint)
+    if result.published is not None:
+        compact(result.published)
     return result
 
 

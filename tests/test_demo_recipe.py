@@ -1,6 +1,7 @@
 """The demo model's recipe (medsam2/demo_model.py): which cases each stage sees, and where a stage starts."""
 
 import pytest
+import torch
 
 from medsam2 import demo_model
 
@@ -28,12 +29,17 @@ def test_stage_2_on_phantoms_of_four_sizes_validates_on_a_held_out_phantom_of_ea
 def test_stage_2_from_a_given_stage_1_model_starts_from_its_weights(tmp_path, trained_checkpoint):
     """`demo-model OUT --from-stage1 M` trains no stage 1: stage 2 starts from M. Given the shipped demo
     model as M, stage 2's validation starts where that tracking model is (about 0.85), not where a
-    one-step stage 1 from random weights would leave it."""
+    one-step stage 1 from random weights would leave it. One step does not beat M by the promotion
+    margin; the model written is then M's weights (in fp16), not nothing."""
     out = tmp_path / "demo.pt"
     r = demo_model.train_demo_model(out, demo_model.DemoRecipe(prompt_steps=1, track_steps=1,
                                                                   from_stage1=trained_checkpoint), log=lambda e: None)
     assert r.initial_dice > 0.7, r.initial_dice
     assert not out.with_name("demo_stage1.pt").exists()
+    assert r.published == out and r.best_dice < r.initial_dice + 0.01
+    written = torch.load(out, weights_only=True)["model"]
+    start = torch.load(trained_checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(written[k], v.half() if v.is_floating_point() else v) for k, v in start.items())
 
 
 def test_stage_2_with_twins_counted_twice_keeps_them_most_of_the_clips():

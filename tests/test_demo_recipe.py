@@ -61,3 +61,15 @@ def test_a_wrong_later_stage_mix_is_refused_before_stage_1_trains(tmp_path, wron
         demo_model.train_demo_model(out, demo_model.DemoRecipe(prompt_steps=1, track_steps=1, stage3_steps=1, **wrong),
                                     log=lambda e: None)
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_the_recipe_writes_its_last_stage_to_out_and_hands_each_stage_the_last_ones_file(tmp_path):
+    """The reproduce command (`demo-model model/demo/medsam2_demo.pt`) runs three stages; each starts
+    from the previous one's file and the last writes OUT. With `--stage3-steps 0` stage 2 writes OUT."""
+    out = tmp_path / "demo.pt"
+    prompting, tracking, stage3 = demo_model.stage_configs(out)
+    assert demo_model.DemoRecipe().stage3_steps > 0 and stage3.out_checkpoint == out
+    assert tracking.init_checkpoint == prompting.out_checkpoint != out
+    assert stage3.init_checkpoint == tracking.out_checkpoint != out
+    _, tracking, _ = demo_model.stage_configs(out, demo_model.DemoRecipe(stage3_steps=0))
+    assert tracking.out_checkpoint == out

@@ -74,12 +74,3 @@ def test_the_demo_recipes_real_crops_never_show_a_held_out_structure():
         assert image.shape == label.shape and label.any()
     for _, label in colin_crops:
         assert not np.isin(label, held_out).any()
-
-
-def test_the_shipped_demo_recipe_ends_with_stage_2_unless_stage_3_is_asked_for(tmp_path):
-    from medsam2.demo_model import DemoRecipe, stage_configs
-
-    _, tracking, _ = stage_configs(tmp_path / "demo.pt")
-    assert tracking.out_checkpoint == tmp_path / "demo.pt"  # the reproduce command writes stage 2 there
-    _, tracking, broad = stage_configs(tmp_path / "demo.pt", DemoRecipe(stage3_steps=10))
-    assert broad.out_checkpoint == tmp_path / "demo.pt" and broad.init_checkpoint == tracking.out_checkpoint != broad.out_checkpoint

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     d.add_argument("--from-stage1", type=Path, default=None,
                    help="run stage 2 (and 3) from this stage-1 model instead of training stage 1")
     d.add_argument("--from-stage2", type=Path, default=None,
-                   help="run stage 3 only, from this stage-2 model (the shipped demo model is one)")
+                   help="run stage 3 only, from this stage-2 model (the demo model of commit 2460710 is one)")
     d.add_argument("--seed", type=int, default=None)
     c = sub.add_parser("challenge-predict")
     c.add_argument("--inputs", type=Path, required=True)
@@ -91,10 +91,15 @@ def main(argv=None) -> int:
         from .demo_model import DemoRecipe, train_demo_model
 
         given = {k: v for k, v in vars(args).items() if k in DemoRecipe.__dataclass_fields__ and v is not None}
-        r = train_demo_model(args.out, replace(DemoRecipe(), **given),
-                             log=lambda e: print(e, flush=True)
+        recipe = replace(DemoRecipe(), **given)
+        try:
+            recipe.check()  # a wrong mix or start is said here, before any training, not as a traceback
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        r = train_demo_model(args.out, recipe, log=lambda e: print(e, flush=True)
                              if "val_dice" in e or "val_parts" in e or e["step"] % 50 == 0 else None)
-        print(f"demo model: {r.published} (validation one-click Dice {r.initial_dice:.2f} -> {r.best_dice:.2f}); "
+        print(f"demo model: {r.published} (last stage's validation score {r.initial_dice:.2f} -> {r.best_dice:.2f}); "
               f"its sha256 goes into model/manifest.json (entry 'demo') when it replaces the shipped one")
     return 0
 

@@ -206,8 +206,8 @@ def broad_validation_pairs(real: dict | None = None):
 
 
 def stage3_pairs(mix: str = STAGE3_MIX, real: dict | None = None):
-    """Stage 3's cases: the broad mix with real crops (`broad`), or the `sized+twins` mix of stage 2
-    (`twins`: a short, gentle run that wins back twin clicks a `sized` stage 2 lost)."""
+    """Stage 3's cases: the broad mix with real crops (`broad`), or stage 2's `sized+twins` mix
+    (`twins`, shipped: phantoms of four sizes for the organ clicks, the twins twice to keep tracking)."""
     check_mix(3, mix, STAGE3_MIXES)
     return broad_pairs(real) if mix == "broad" else stage2_pairs("sized+twins")
 
@@ -216,8 +216,9 @@ class TwinAwareScore:
     """Stage 3's (`twins` mix) validation score: the mean of the one-click Dice over `pairs` (the sized
     stage-2 validation: organ clicks of every size) and the share of twin clicks on VALIDATION_TWINS that
     pass evaluation.twins' rule. The one-click Dice alone did not tell a model that loses two of 16
-    held-out twin clicks from one that loses none (docs/demo-model.md); a click that passes counts
-    where it is decided, so a few clicks move the score. `log` receives both parts at each validation."""
+    held-out twin clicks from one that loses none (docs/demo-model.md); a lost click moves this score by
+    1/64. Chosen among ten checkpoints on 32 clicks, the twin part is optimistic (same page, "Stage 3 on
+    twins"). `log` receives both parts at each validation."""
 
     def __init__(self, pairs, log=lambda parts: None):
         self.pairs = pairs

@@ -73,3 +73,11 @@ def test_the_recipe_writes_its_last_stage_to_out_and_hands_each_stage_the_last_o
     assert stage3.init_checkpoint == tracking.out_checkpoint != out
     _, tracking, _ = demo_model.stage_configs(out, demo_model.DemoRecipe(stage3_steps=0))
     assert tracking.out_checkpoint == out
+
+
+def test_the_command_says_what_is_wrong_with_a_recipe_and_trains_nothing(tmp_path, capsys):
+    from medsam2.__main__ import main
+
+    assert main(["demo-model", str(tmp_path / "demo.pt"), "--stage3-mix", "twin"]) == 2
+    assert "stage 3 mix 'twin': one of broad, twins" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

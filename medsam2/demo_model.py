@@ -279,16 +279,13 @@ def stage_configs(out: Path, recipe: DemoRecipe = DemoRecipe()) -> tuple[TrainCo
     stage2_out = out.with_name(out.stem + "_stage2.pt") if recipe.stage3_steps > 0 else out
     tracking = TrainConfig(out_checkpoint=stage2_out, init_checkpoint=prompting.out_checkpoint,
                            max_steps=recipe.track_steps, lr=3e-4, memory_lr_scale=3.0, **clips, **common)
-    # stage 3 publishes its best weights if any beat the stage-2 model on its validation, by any margin
-    if recipe.stage3_mix == "broad":
-        stage3 = TrainConfig(out_checkpoint=out, init_checkpoint=tracking.out_checkpoint,
-                             max_steps=recipe.stage3_steps, lr=3e-4, memory_lr_scale=1.0,
-                             promote_margin=float("-inf"), **clips, **{**common, "augment": Augment(p_flip=0.5)})
-    else:  # `twins`: two thirds of stage 2's lr, stage 2's memory rate, validated every 100 steps
-        stage3 = TrainConfig(out_checkpoint=out, init_checkpoint=tracking.out_checkpoint,
-                             max_steps=recipe.stage3_steps, lr=2e-4, memory_lr_scale=3.0,
-                             promote_margin=float("-inf"), **{**clips, "val_every": 100},
-                             **{**common, "warmup_steps": 20})
+    # stage 3 publishes its best weights if any beat the stage-2 model on its validation, by any margin;
+    # `broad`: stage 2's lr, memory at 1x, mirrored clips; `twins`: two thirds of stage 2's lr, stage 2's
+    # memory rate, validated every 100 steps
+    by_mix = {"broad": dict(lr=3e-4, memory_lr_scale=1.0, augment=Augment(p_flip=0.5)),
+              "twins": dict(lr=2e-4, memory_lr_scale=3.0, val_every=100, warmup_steps=20)}
+    stage3 = TrainConfig(out_checkpoint=out, init_checkpoint=tracking.out_checkpoint, max_steps=recipe.stage3_steps,
+                         promote_margin=float("-inf"), **{**common, **clips, **by_mix[recipe.stage3_mix]})
     return prompting, tracking, stage3
 
 

@@ -27,12 +27,13 @@ def test_stage_2_on_phantoms_of_four_sizes_validates_on_a_held_out_phantom_of_ea
 
 
 def test_stage_2_from_a_given_stage_1_model_starts_from_its_weights(tmp_path, trained_checkpoint):
-    """`demo-model OUT --from-stage1 M` trains no stage 1: stage 2 starts from M. Given the shipped demo
+    """`demo-model OUT --from-stage1 M` trains no stage 1: stage 2 starts from M (no stage 3 here: it
+    would add its 1000 default steps to the suite). Given the shipped demo
     model as M, stage 2's validation starts where that tracking model is (about 0.85), not where a
     one-step stage 1 from random weights would leave it. One step does not beat M by the promotion
     margin; the model written is then M's weights (in fp16), not nothing."""
     out = tmp_path / "demo.pt"
-    r = demo_model.train_demo_model(out, demo_model.DemoRecipe(prompt_steps=1, track_steps=1,
+    r = demo_model.train_demo_model(out, demo_model.DemoRecipe(prompt_steps=1, track_steps=1, stage3_steps=0,
                                                                   from_stage1=trained_checkpoint), log=lambda e: None)
     assert r.initial_dice > 0.7, r.initial_dice
     assert not out.with_name("demo_stage1.pt").exists()

@@ -21,13 +21,15 @@ Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's st
 
     python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
 
-About 11 minutes a recipe on 2 cores plus a minute of clicks; a model already in --work is reused.
+About 11 minutes a recipe on 2 cores plus a minute of clicks; a model already in --work, made from the
+same demo model, is reused.
 Prints a table and writes bench-results/fine_tune_tracking.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -58,11 +60,16 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
 
 
 def recipe_models(recipes, work: Path, train) -> tuple[dict[str, Path], dict[str, dict]]:
-    """The demo model and one fine-tuned checkpoint per recipe in `work`, made by `train(name, path)` where
-    not there yet (benchmarks/forgetting.py uses it too): the paths by name, and the runs made."""
-    paths, runs = {"demo": REPO / "model" / "demo" / "medsam2_demo.pt"}, {}
+    """The demo model and one fine-tuned checkpoint per recipe, made by `train(name, path)` where not
+    there yet (benchmarks/forgetting.py uses it too): the paths by name, and the runs made. They are kept
+    in `work`/<the demo model's sha256, first 8>/, so that a new demo model never reuses runs made from
+    the one before it."""
+    demo = REPO / "model" / "demo" / "medsam2_demo.pt"
+    paths, runs = {"demo": demo}, {}
+    folder = work / hashlib.sha256(demo.read_bytes()).hexdigest()[:8]
+    folder.mkdir(parents=True, exist_ok=True)
     for name in recipes:
-        paths[name] = work / f"{name}.pt"
+        paths[name] = folder / f"{name}.pt"
         if not paths[name].exists():
             runs[name] = train(name, paths[name])
     return paths, runs

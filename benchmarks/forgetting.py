@@ -18,14 +18,20 @@ Recipes:
 
 `drift` is the root-mean-square distance of the trained weights from the demo model's.
 
+`--seeds 0 1 2` trains each recipe once per seed (`TrainConfig.seed`: the weights' start is the demo
+model's either way; the seed draws the clips, the prompts and the augmentation), rows `none@seed1` and
+so on, and prints each recipe's spread (largest minus smallest over the seeds): the run-to-run noise
+that "not worse" is judged against.
+
 `--modules RECIPE` also asks where that recipe's run forgot: the trained model with one module given
 back the demo model's weights (`back:`), and the demo model with one module taken from the trained
 model (`only:`), for the image encoder, the prompt encoder, the mask decoder, memory attention, the
 memory encoder, and the rest (object pointers and learned embeddings).
 
-    python -m benchmarks.forgetting [--recipes none anchor100 replay] [--modules none] [--work DIR]
+    python -m benchmarks.forgetting [--recipes none anchor100 replay] [--seeds 0 1 2] [--modules none] [--work DIR]
 
-About 15 minutes a recipe on 2 cores plus half a minute of clicks; a model already in --work is reused.
+About 15 minutes a run on 2 cores plus half a minute of clicks; a model already in --work, made from
+the same demo model, is reused.
 Prints a table and writes bench-results/forgetting.json.
 """
 
@@ -65,7 +71,12 @@ def chest() -> real_data.RealVolume:
     return real_data.crop_to(real_data.chest_ct(), [1, 2], margin_mm=10)
 
 
-def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict) -> dict:
+def run_name(recipe: str, seed: int) -> str:
+    """`none` for seed 0 (the rows measured before seeds were an option), `none@seed1` for others."""
+    return recipe if seed == 0 else f"{recipe}@seed{seed}"
+
+
+def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict, seed: int = 0) -> dict:
     """`/train`'s TrainConfig (apps/medsam2/lib/trainers/medsam2.py) on the left lung, with `recipe` on top."""
     from medsam2.checkpoints import resolve_spec
     from medsam2.demo_model import training_pairs
@@ -76,7 +87,8 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     # max_minutes off: every recipe runs its steps, however busy the machine is
     cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
                       preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
-                      max_steps=steps, clip_len=8, max_objects=3, clips_per_step=2, val_every=200, **recipe)
+                      max_steps=steps, clip_len=8, max_objects=3, clips_per_step=2, val_every=200, seed=seed,
+                      **recipe)
 
     def log(entry):
         if entry.get("step", 0) % 100 == 0:
@@ -168,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--work", type=Path, default=REPO / "bench-results" / "forgetting")
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per recipe and seed")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "forgetting.json")
     ap.add_argument("--modules", choices=list(RECIPES), help="also take this recipe's model apart by module")
     args = ap.parse_args(argv)
@@ -175,10 +188,14 @@ def main(argv=None) -> int:
     lungs, head = chest(), real_data.cranium()
     colin = real_data.colin27()
     colin = real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)
-    paths, runs = recipe_models(args.recipes + ([args.modules] if args.modules else []), args.work,
-                                lambda name, path: train_recipe(lungs, path, args.steps, RECIPES[name]))
+    planned = {run_name(r, seed): (r, seed) for r in args.recipes for seed in args.seeds}
     if args.modules:
-        paths.update(module_mixes(paths[args.modules], args.work))
+        planned.setdefault(args.modules, (args.modules, 0))
+    paths, runs = recipe_models(list(planned), args.work,
+                                lambda name, path: train_recipe(lungs, path, args.steps, RECIPES[planned[name][0]],
+                                                                planned[name][1]))
+    if args.modules:
+        paths.update(module_mixes(paths[args.modules], paths[args.modules].parent))
     results = {}
     for name, path in paths.items():
         t0 = time.perf_counter()
@@ -188,9 +205,17 @@ def main(argv=None) -> int:
     print("|---|" + "---|" * (len(COLUMNS) + 1))
     for name, row in results.items():
         print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + f" | {row['drift']:.4f} |")
+    spread = {}
+    for recipe in args.recipes:
+        rows = [results[run_name(recipe, seed)] for seed in args.seeds]
+        if len(rows) > 1:
+            spread[recipe] = {c: max(r[c] for r in rows) - min(r[c] for r in rows) for c in COLUMNS + ("drift",)}
+            print(f"| {recipe}: spread over seeds {args.seeds} | "
+                  + " | ".join(f"{spread[recipe][c]:.3f}" for c in COLUMNS) + f" | {spread[recipe]['drift']:.4f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"recipes": {r: RECIPES[r] for r in args.recipes}, "steps": args.steps,
-                                    "training_runs": runs, "results": results}, indent=1))
+                                    "seeds": args.seeds, "training_runs": runs, "results": results,
+                                    "spread": spread}, indent=1))
     print(f"wrote {args.out}")
     return 0
 

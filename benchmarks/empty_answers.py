@@ -1,0 +1,96 @@
+"""Why a click gives nothing: the object score, or the mask.
+
+SAM 2 blanks a slice when its object score says "no object" (`object_score_logits` <= 0); otherwise it
+shows the decoded mask, which can itself be empty. A fine-tuned model that answers a click with Dice
+0.000 could do either. For each checkpoint and each click (the interior point of the structure's
+largest slice, through the engine) this prints the clicked slice's object-score logit, the share of the
+volume's decoded slices that said "object", the voxels marked, and whether the clicked voxel is marked.
+
+    python -m benchmarks.empty_answers CHECKPOINT [CHECKPOINT ...]
+
+Cases: the organ of held-out phantoms (64 x 64 x 32, seeds 100-101) and the head CT's skull. Half a
+minute a checkpoint on 2 cores; writes bench-results/empty_answers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.demo_breadth import click_point  # noqa: E402
+from benchmarks.field_of_view import segmenter_for  # noqa: E402
+from medsam2.evaluation import real_data  # noqa: E402
+from medsam2.evaluation.metrics import dice  # noqa: E402
+
+
+def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from medsam2.phantoms import PHANTOM_LABELS, make_phantom
+
+    out = {}
+    for seed in (100, 101):
+        p = make_phantom((64, 64, 32), seed=seed)
+        out[f"phantom {seed} organ"] = (p.image, p.label == PHANTOM_LABELS["organ"])
+    head = real_data.cranium()
+    out["head CT skull"] = (head.image, head.label == 1)
+    return out
+
+
+def answers(checkpoint: Path) -> dict[str, dict]:
+    """Per case: Dice, the clicked slice's object-score logit, the share of decoded slices with an
+    object, voxels marked, and whether the clicked voxel is marked."""
+    from medsam2.evaluation.runner import quiet_propagation
+    from medsam2.evaluation.twins import clicker
+
+    segmenter = segmenter_for(checkpoint)
+    model_class = type(segmenter.model)
+    scores: list[float] = []
+    decode = model_class._forward_sam_heads
+
+    def recording(self, *args, **kwargs):  # every decoder call of this run, the clicked slice first
+        out = decode(self, *args, **kwargs)
+        scores.append(float(out[-1].flatten()[0]))  # SAM 2 returns the object-score logits last
+        return out
+
+    model_class._forward_sam_heads = recording
+    rows = {}
+    try:
+        with quiet_propagation():
+            for name, (image, truth) in cases().items():
+                scores.clear()
+                point = click_point(truth)
+                mask = clicker(segmenter, image)(point)
+                rows[name] = {"dice": dice(mask, truth), "clicked_object_logit": scores[0],
+                              "slices_with_object": float(np.mean(np.array(scores) > 0)),
+                              "voxels_marked": int(mask.sum()), "clicked_voxel_marked": bool(mask[point])}
+    finally:
+        model_class._forward_sam_heads = decode
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "empty_answers.json")
+    args = ap.parse_args(argv)
+    results = {str(c): answers(c) for c in args.checkpoints}
+    print("| checkpoint | click | Dice | clicked slice's object logit | slices with an object | voxels marked | clicked voxel marked |")
+    print("|---|---|---|---|---|---|---|")
+    for checkpoint, rows in results.items():
+        for name, r in rows.items():
+            print(f"| {Path(checkpoint).name} | {name} | {r['dice']:.3f} | {r['clicked_object_logit']:.1f} | "
+                  f"{r['slices_with_object']:.2f} | {r['voxels_marked']} | {'yes' if r['clicked_voxel_marked'] else 'no'} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,9 @@ Recipes:
 - `replay`: 30 % of the clips from the demo model's own training data (`/train {"replay": 0.3}`);
 - `anchor100`: L2-SP, every weight pulled back toward the demo model's (`TrainConfig.anchor` 100;
   `/train {"anchor": 100}`): a weight drifts at most about 1/100 from its start, where the run
-  without it drifts 0.012 (root-mean-square) over all weights.
+  without it drifts 0.012 (root-mean-square) over all weights;
+- `unlabelled_click`: half the clips also get a click outside the labelled lung, whose answer must
+  contain the clicked pixel and say "object" (`PromptSettings.p_unlabelled_click` 0.5).
 
 `drift` is the root-mean-square distance of the trained weights from the demo model's.
 
@@ -58,6 +60,7 @@ RECIPES = {
     "none": {},
     "replay": {"replay_share": 0.3},
     "anchor100": {"anchor": 100.0},
+    "unlabelled_click": {"p_unlabelled_click": 0.5},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)
 TWIN_SEEDS = (5000, 5001, 5002, 5003)
@@ -81,14 +84,17 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     from medsam2.checkpoints import resolve_spec
     from medsam2.demo_model import training_pairs
     from medsam2.training.loop import TrainConfig, train
+    from medsam2.training.prompt_sim import PromptSettings
 
     spec = resolve_spec("demo", None, None, REPO / "model")
     left = (volume.label == volume.structures["lung_left"]).astype(np.int16)
+    recipe = dict(recipe)
+    prompts = PromptSettings(p_unlabelled_click=recipe.pop("p_unlabelled_click", 0.0))
     # max_minutes off: every recipe runs its steps, however busy the machine is
     cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
                       preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
                       max_steps=steps, clip_len=8, max_objects=3, clips_per_step=2, val_every=200, seed=seed,
-                      **recipe)
+                      prompts=prompts, **recipe)
 
     def log(entry):
         if entry.get("step", 0) % 100 == 0:
@@ -189,9 +195,10 @@ def main(argv=None) -> int:
     colin = real_data.colin27()
     colin = real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)
     planned = {run_name(r, seed): (r, seed) for r in args.recipes for seed in args.seeds}
+    work = args.work if args.steps == 1000 else args.work / f"{args.steps}steps"  # never reuse another length's runs
     if args.modules:
         planned.setdefault(args.modules, (args.modules, 0))
-    paths, runs = recipe_models(list(planned), args.work,
+    paths, runs = recipe_models(list(planned), work,
                                 lambda name, path: train_recipe(lungs, path, args.steps, RECIPES[planned[name][0]],
                                                                 planned[name][1]))
     if args.modules:

@@ -388,3 +388,34 @@ def test_an_anchored_run_stays_nearer_its_start_and_needs_one(tmp_path):
     with pytest.raises(ValueError, match="needs one to start from"):
         train(TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp / "x.pt", anchor=1.0), pairs, [],
               log=lambda entry: None)
+
+
+def test_a_click_outside_the_labels_is_pulled_into_its_answer_and_the_term_is_off_by_default(twin_clips):
+    """`PromptSettings.p_unlabelled_click`: a clip also gets a positive click outside its labelled
+    structures, and the answer must contain the clicked pixel. One optimiser step on that term alone
+    raises the answer's logits at the clicked pixel. Off (the default), the objective reports no such
+    part: a default run is the run it was before."""
+    from medsam2.training.prompt_sim import unlabelled_click
+
+    model = _deterministic_objective().model
+    clip = twin_clips[0]
+    objective = ClipObjective(model, prompts=PromptSettings(p_unlabelled_click=1.0, p_true_memory=0.0))
+    truth = clip.masks
+    point = unlabelled_click(truth[0].numpy(), np.random.default_rng(0))["point_coords"][0, 0]
+    x, y = int(point[0]), int(point[1])
+    assert not truth[0, :, y, x].any()  # the click is on no labelled structure
+
+    def logit_at_click():
+        loss = objective.click_kept_loss(model.forward_image(clip.frames), truth, 32, np.random.default_rng(0))
+        return loss, float(predictor.last_decoder_outputs()[1][0, :, y, x].mean())
+
+    loss, before = logit_at_click()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.05)
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    _, after = logit_at_click()
+    assert after > before + 0.1, (before, after)
+    parts = objective(clip, np.random.default_rng(1))
+    assert float(parts["unlabelled_click"]) > 0
+    assert "unlabelled_click" not in ClipObjective(model)(clip, np.random.default_rng(1))

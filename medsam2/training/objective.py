@@ -28,7 +28,7 @@ from monai.losses import DiceLoss, FocalLoss
 
 from ..predictor import last_decoder_outputs
 from .clips import Clip
-from .prompt_sim import PromptSettings, add_corrections, choose_kind, initial_points
+from .prompt_sim import PromptSettings, add_corrections, choose_kind, initial_points, unlabelled_click
 
 
 @dataclass
@@ -39,6 +39,9 @@ class LossWeights:
     object_score: float = 1.0
     prompted: float = 1.0  # weight of each term on a prompted frame (a prompt, a correction)
     tracked: float = 1.0  # weight of each term on a frame segmented from memory alone
+    # the click-outside-the-labels term (PromptSettings.p_unlabelled_click); a missed pixel costs about 8
+    # nats on the demo model at first, against a mask loss of 0.1-0.9
+    unlabelled_click: float = 0.2
 
 
 class ClipObjective(torch.nn.Module):
@@ -85,6 +88,30 @@ class ClipObjective(torch.nn.Module):
         out["maskmem_features"], out["maskmem_pos_enc"] = self.model._encode_new_memory(
             current_vision_feats=step["current_vision_feats"], feat_sizes=step["feat_sizes"],
             pred_masks_high_res=logits, object_score_logits=score, is_mask_from_pts=False)
+
+    def click_kept_loss(self, backbone: dict, truth: torch.Tensor, num_frames: int,
+                        rng: np.random.Generator) -> torch.Tensor | None:
+        """One positive click on the first frame outside its labelled structures, decoded alone (no
+        memory kept): binary cross-entropy pulling every candidate's logits on the clicked pixel's 3 x 3
+        neighbourhood, and the object score, to "object". None where the labels cover the frame."""
+        points = unlabelled_click(truth[0].cpu().numpy(), rng)
+        if points is None:
+            return None
+        device = truth.device
+        frame_out = {"backbone_fpn": [f[:1] for f in backbone["backbone_fpn"]],
+                     "vision_pos_enc": [p[:1] for p in backbone["vision_pos_enc"]]}
+        _, feats, pos, sizes = self.model._prepare_backbone_features(frame_out)
+        self.model.track_step(frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats,
+                              current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs={
+                                  k: v.to(device) for k, v in points.items()}, mask_inputs=None,
+                              output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                              num_frames=num_frames, run_mem_encoder=False)
+        _, high, _, _, _, _, obj_logits = last_decoder_outputs()  # high: (1, M, S, S)
+        x, y = (int(c) for c in points["point_coords"][0, 0])
+        size = high.shape[-1]
+        patch = high[..., max(0, y - 1):min(size, y + 2), max(0, x - 1):min(size, x + 2)].float()
+        return (F.binary_cross_entropy_with_logits(patch, torch.ones_like(patch))
+                + F.binary_cross_entropy_with_logits(obj_logits[:, 0].float(), torch.ones_like(obj_logits[:, 0].float())))
 
     def forward(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         model = self.model
@@ -136,7 +163,14 @@ class ClipObjective(torch.nn.Module):
                 if true_memory:
                     self._remember_truth(out, truth[t], step)
                 memory["non_cond_frame_outputs"][t] = out
-        return self._combine(terms, device)
+        parts = self._combine(terms, device)
+        p_click = self.prompts.p_unlabelled_click
+        if p_click > 0:  # off: no draw from rng, so that a run without it is the run it was before
+            kept = self.click_kept_loss(backbone, truth, num_frames, rng) if rng.random() < p_click else None
+            parts["unlabelled_click"] = kept.detach() if kept is not None else torch.zeros((), device=device)
+            if kept is not None:
+                parts["loss"] = parts["loss"] + self.weights.unlabelled_click * kept
+        return parts
 
     def _combine(self, terms, device) -> dict[str, torch.Tensor]:
         """Weighted mean of the terms; also the mean mask loss of prompted and of tracked frames."""

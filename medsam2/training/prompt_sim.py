@@ -28,6 +28,11 @@ class PromptSettings:
     # clips whose tracked frames are remembered from their true masks (teacher forcing of the memory);
     # None: the model's own recipe, loop.TrackingRecipe (0.5 for a small model, SAM 2's 0 for a large one)
     p_true_memory: float | None = None
+    # clips that also get one click outside every labelled structure of their first frame, whose answer
+    # must contain the clicked pixel (SAM's candidates all do) and say "object": with one structure
+    # labelled, nothing else tells the model that the click, not the anatomy, names the target
+    # (docs/training.md, "Which lung: three seeds"). 0: off (the default until measured)
+    p_unlabelled_click: float = 0.0
 
 
 def choose_kind(rng: np.random.Generator, s: PromptSettings) -> str:
@@ -68,3 +73,13 @@ def add_corrections(point_inputs: dict, pred: np.ndarray, truth: np.ndarray) -> 
         "point_labels": torch.cat([point_inputs["point_labels"],
                                    torch.tensor(labels, dtype=torch.int32, device=dev)], dim=1),
     }
+
+
+def unlabelled_click(truth: np.ndarray, rng: np.random.Generator):
+    """A positive click at a random pixel outside every structure of `truth` (N, S, S) bool, as
+    point_inputs for one object; None where the labelled structures cover the whole frame."""
+    p = random_point(~truth.any(axis=0), rng)
+    if p is None:
+        return None
+    return {"point_coords": torch.tensor([[[p[0] + 0.5, p[1] + 0.5]]], dtype=torch.float32),
+            "point_labels": torch.tensor([[1]], dtype=torch.int32)}

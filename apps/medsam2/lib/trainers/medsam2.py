@@ -16,7 +16,9 @@ processes, default 1: medsam2/training/launch.py),
 replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
 the demo model's training data is known, generated here; docs/training.md), anchor (0: L2-SP, each
 weight pulled back toward the served model's, against forgetting without the old data; needs a
-checkpoint to start from; docs/training.md), promote_margin (0.01: a
+checkpoint to start from; docs/training.md), unlabelled_click (0: the share of clips that also get a
+click outside the labels whose answer must contain it, so that one labelled structure teaches the click,
+not the anatomy, to name the target; docs/training.md, "Which lung: three seeds"), promote_margin (0.01: a
 candidate is published only if its validation Dice beats the served model's, measured on the same
 images at the start of the run, by this much).
 """
@@ -48,6 +50,7 @@ from medsam2.service import ModelProvider
 from medsam2.training.clips import Augment
 from medsam2.training.launch import result_path, write_job
 from medsam2.training.loop import TrainConfig, train
+from medsam2.training.prompt_sim import PromptSettings
 from medsam2.training.tracking import RunTracker, default_uri
 from medsam2.training.validation import ValidationSet
 from medsam2.versions import VersionStore
@@ -158,13 +161,15 @@ class MedSam2Trainer(TrainTask):
             bad.append(f"replay={cfg.replay_share}")
         if not (math.isfinite(cfg.anchor) and cfg.anchor >= 0):
             bad.append(f"anchor={cfg.anchor}")
+        if not 0 <= cfg.prompts.p_unlabelled_click <= 1:
+            bad.append(f"unlabelled_click={cfg.prompts.p_unlabelled_click}")
         if not math.isfinite(cfg.promote_margin):
             bad.append(f"promote_margin={cfg.promote_margin}")
         if cfg.max_minutes is not None and not math.isfinite(cfg.max_minutes):
             bad.append(f"max_minutes={cfg.max_minutes}")
         if bad:
             raise ValueError(f"training params out of range: {', '.join(bad)} (counts >= 1, lr a positive number, "
-                             "replay in [0, 1), anchor a number >= 0)")
+                             "replay in [0, 1), anchor a number >= 0, unlabelled_click in [0, 1])")
         return cfg
 
     def _run(self, request, datastore: Datastore):
@@ -206,6 +211,7 @@ class MedSam2Trainer(TrainTask):
             seed=int(request.get("seed", 0)),
             replay_share=float(request.get("replay", 0) or 0),
             anchor=float(request.get("anchor", 0) or 0),
+            prompts=PromptSettings(p_unlabelled_click=float(request.get("unlabelled_click", 0) or 0)),
             promote_margin=float(request.get("promote_margin", TrainConfig.promote_margin)),
         ))
         me = psutil.Process()

@@ -14,7 +14,8 @@ measure what the memory modules learn from. The parts also report the mean mask 
 Pointer distances are scaled by the source volume's slice count (`num_frames`), as at inference,
 not by the clip's length. With `PromptSettings.p_true_memory` a clip's tracked frames are remembered
 from their true masks instead of the predictions (teacher forcing of the memory), so that early in
-training the memory attention learns from clean memories; the losses are the model's own predictions.
+training the memory attention learns from clean memories; the losses are the model's own predictions. With `PromptSettings.p_unlabelled_click` a clip also gets
+one click outside its labels, whose answer must contain the clicked pixel (`click_kept_loss`).
 """
 
 from __future__ import annotations

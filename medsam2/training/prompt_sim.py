@@ -29,9 +29,9 @@ class PromptSettings:
     # None: the model's own recipe, loop.TrackingRecipe (0.5 for a small model, SAM 2's 0 for a large one)
     p_true_memory: float | None = None
     # clips that also get one click outside every labelled structure of their first frame, whose answer
-    # must contain the clicked pixel (SAM's candidates all do) and say "object": with one structure
-    # labelled, nothing else tells the model that the click, not the anatomy, names the target
-    # (docs/training.md, "Which lung: three seeds"). 0: off (the default until measured)
+    # must contain the clicked pixel and say "object": with one structure labelled, nothing else tells
+    # the model that the click, not the anatomy, names the target. 0: off; measured on one lung with three
+    # seeds and left off (docs/training.md, "Which lung: three seeds")
     p_unlabelled_click: float = 0.0
 
 

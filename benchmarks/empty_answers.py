@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.demo_breadth import click_point  # noqa: E402
+from benchmarks.demo_breadth import click_point, markdown_table  # noqa: E402
 from benchmarks.field_of_view import segmenter_for  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 from medsam2.evaluation.metrics import dice  # noqa: E402
@@ -44,33 +44,23 @@ def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def answers(checkpoint: Path) -> dict[str, dict]:
     """Per case: Dice, the clicked slice's object-score logit, the share of decoded slices with an
-    object, voxels marked, and whether the clicked voxel is marked."""
+    object, voxels marked, and whether the clicked voxel is marked. The logits are the engine's own
+    (`ObjectResult.object_scores`, nan on slices it did not decode)."""
     from medsam2.evaluation.runner import quiet_propagation
-    from medsam2.evaluation.twins import clicker
+    from medsam2.prompts import ObjectPrompt
 
     segmenter = segmenter_for(checkpoint)
-    model_class = type(segmenter.model)
-    scores: list[float] = []
-    decode = model_class._forward_sam_heads
-
-    def recording(self, *args, **kwargs):  # every decoder call of this run, the clicked slice first
-        out = decode(self, *args, **kwargs)
-        scores.append(float(out[-1].flatten()[0]))  # SAM 2 returns the object-score logits last
-        return out
-
-    model_class._forward_sam_heads = recording
     rows = {}
-    try:
-        with quiet_propagation():
-            for name, (image, truth) in cases().items():
-                scores.clear()
-                point = click_point(truth)
-                mask = clicker(segmenter, image)(point)
-                rows[name] = {"dice": dice(mask, truth), "clicked_object_logit": scores[0],
-                              "slices_with_object": float(np.mean(np.array(scores) > 0)),
-                              "voxels_marked": int(mask.sum()), "clicked_voxel_marked": bool(mask[point])}
-    finally:
-        model_class._forward_sam_heads = decode
+    with quiet_propagation():
+        for name, (image, truth) in cases().items():
+            i, j, k = click_point(truth)
+            result = segmenter.segment(segmenter.open(image),
+                                       [ObjectPrompt(label=name, clicks={k: [(i + 0.5, j + 0.5, 1)]})])
+            mask, scores = result.label > 0, result.objects[0].object_scores
+            decoded = scores[~np.isnan(scores)]
+            rows[name] = {"dice": dice(mask, truth), "clicked_object_logit": float(scores[k]),
+                          "slices_with_object": float(np.mean(decoded > 0)),
+                          "voxels_marked": int(mask.sum()), "clicked_voxel_marked": bool(mask[i, j, k])}
     return rows
 
 
@@ -80,12 +70,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "empty_answers.json")
     args = ap.parse_args(argv)
     results = {str(c): answers(c) for c in args.checkpoints}
-    print("| checkpoint | click | Dice | clicked slice's object logit | slices with an object | voxels marked | clicked voxel marked |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [["checkpoint", "click", "Dice", "clicked slice's object logit", "slices with an object",
+              "voxels marked", "clicked voxel marked"]]
     for checkpoint, rows in results.items():
-        for name, r in rows.items():
-            print(f"| {Path(checkpoint).name} | {name} | {r['dice']:.3f} | {r['clicked_object_logit']:.1f} | "
-                  f"{r['slices_with_object']:.2f} | {r['voxels_marked']} | {'yes' if r['clicked_voxel_marked'] else 'no'} |")
+        lines += [[Path(checkpoint).name, name, f"{r['dice']:.3f}", f"{r['clicked_object_logit']:.1f}",
+                   f"{r['slices_with_object']:.2f}", str(r["voxels_marked"]), "yes" if r["clicked_voxel_marked"] else "no"]
+                  for name, r in rows.items()]
+    print(markdown_table(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")

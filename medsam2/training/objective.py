@@ -98,21 +98,26 @@ class ClipObjective(torch.nn.Module):
         points = unlabelled_click(truth[0].cpu().numpy(), rng)
         if points is None:
             return None
-        device = truth.device
-        frame_out = {"backbone_fpn": [f[:1] for f in backbone["backbone_fpn"]],
-                     "vision_pos_enc": [p[:1] for p in backbone["vision_pos_enc"]]}
-        _, feats, pos, sizes = self.model._prepare_backbone_features(frame_out)
+        feats, pos, sizes = self._frame_features(backbone, 0, 1)
         self.model.track_step(frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats,
                               current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs={
-                                  k: v.to(device) for k, v in points.items()}, mask_inputs=None,
+                                  k: v.to(truth.device) for k, v in points.items()}, mask_inputs=None,
                               output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
                               num_frames=num_frames, run_mem_encoder=False)
         _, high, _, _, _, _, obj_logits = last_decoder_outputs()  # high: (1, M, S, S)
         x, y = (int(c) for c in points["point_coords"][0, 0])
         size = high.shape[-1]
         patch = high[..., max(0, y - 1):min(size, y + 2), max(0, x - 1):min(size, x + 2)].float()
+        score = obj_logits[:, 0].float()
         return (F.binary_cross_entropy_with_logits(patch, torch.ones_like(patch))
-                + F.binary_cross_entropy_with_logits(obj_logits[:, 0].float(), torch.ones_like(obj_logits[:, 0].float())))
+                + F.binary_cross_entropy_with_logits(score, torch.ones_like(score)))
+
+    def _frame_features(self, backbone: dict, t: int, n: int):
+        """Frame t's (vision feats, positional encodings, feature sizes) for n objects, SAM 2's layout."""
+        frame_out = {"backbone_fpn": [f[t : t + 1].expand(n, -1, -1, -1) for f in backbone["backbone_fpn"]],
+                     "vision_pos_enc": [p[t : t + 1].expand(n, -1, -1, -1) for p in backbone["vision_pos_enc"]]}
+        _, feats, pos, sizes = self.model._prepare_backbone_features(frame_out)
+        return feats, pos, sizes
 
     def forward(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         model = self.model
@@ -128,11 +133,7 @@ class ClipObjective(torch.nn.Module):
         memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         terms: list[tuple[bool, dict[str, torch.Tensor]]] = []  # (prompted, loss parts)
         for t in range(L):
-            frame_out = {
-                "backbone_fpn": [f[t : t + 1].expand(N, -1, -1, -1) for f in backbone["backbone_fpn"]],
-                "vision_pos_enc": [p[t : t + 1].expand(N, -1, -1, -1) for p in backbone["vision_pos_enc"]],
-            }
-            _, feats, pos, sizes = model._prepare_backbone_features(frame_out)
+            feats, pos, sizes = self._frame_features(backbone, t, N)
             step = dict(frame_idx=t, current_vision_feats=feats, current_vision_pos_embeds=pos, feat_sizes=sizes,
                         output_dict=memory, num_frames=num_frames)
             if t in cond:

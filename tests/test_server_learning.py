@@ -27,7 +27,9 @@ def learning_server(tmp_path_factory):
     write_studies(studies, 3, shape=(64, 64, 32), seed=900)  # unlabelled: phantom_900..902
     model_dir = tmp_path_factory.mktemp("model")
     log = tmp_path_factory.mktemp("learning_logs") / "server.log"
-    server = start_server(studies, {"checkpoint": "random", "model_config": "sam2.1_hiera_micro",
+    # the demo model's config from random weights: its 150 steps learn the held-out vessel (0.86 when
+    # measured) in two thirds of the micro config's time (the test alone: 208 s against about 300 s; micro: 0.97)
+    server = start_server(studies, {"checkpoint": "random", "model_config": "sam2.1_hiera_nano",
                                     "model_dir": model_dir}, log)
     server.model_dir = model_dir
     yield server

@@ -17,6 +17,8 @@ Recipes:
   without it drifts 0.012 (root-mean-square) over all weights;
 - `unlabelled_click`: half the clips also get a click outside the labelled lung, whose answer must
   contain the clicked pixel and say "object" (`PromptSettings.p_unlabelled_click` 0.5).
+- `frozen_encoder`: the image encoder frozen, every other module trained (`/train {"train_modules":
+  "no_image_encoder"}`): the module whose change alone erased what the demo model could do (`--modules`).
 
 `drift` is the root-mean-square distance of the trained weights from the demo model's.
 
@@ -61,6 +63,7 @@ RECIPES = {
     "replay": {"replay_share": 0.3},
     "anchor100": {"anchor": 100.0},
     "unlabelled_click": {"p_unlabelled_click": 0.5},
+    "frozen_encoder": {"train_modules": "no_image_encoder"},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)
 TWIN_SEEDS = (5000, 5001, 5002, 5003)

@@ -1,0 +1,125 @@
+"""Which of SAM 2's three candidates a click should get: SAM 2's pick against other rules, on the
+clicked slice only.
+
+SAM 2 answers a single click with three candidate masks and keeps the one its IoU head rates best. The
+OHIF organ click fails there (docs/demo-model.md, "The OHIF organ click, taken apart"): the best
+candidate is right, the pick is not. This asks whether a rule that needs no training would pick
+better: the highest stability score (SAM's: the area above logit +1 over the area above -1, on the
+low-resolution logits), the IoU times the stability, the largest candidate. Clicks: the organ and
+the vessel of `demo_breadth`'s phantoms of four sizes at their largest slice, the organ on the middle
+slice (OHIF's click, as the browser test makes it), both twins of `demo_breadth`'s twin pairs, and the
+real structures of `demo_breadth.real_sets`.
+
+    python -m benchmarks.candidate_rules [--checkpoint demo]
+
+Prints the mean clicked-slice Dice per set and rule and writes bench-results/candidate_rules.json.
+About 5 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.demo_breadth import (PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, click_point,  # noqa: E402
+                                     markdown_table, real_sets)
+from medsam2.clicks import interior_point  # noqa: E402
+from medsam2.evaluation.metrics import dice  # noqa: E402
+
+RULES = {
+    "SAM 2's pick (IoU)": lambda c: np.argmax(c["iou"]),
+    "stability": lambda c: np.argmax(c["stability"]),
+    "IoU x stability": lambda c: np.argmax(np.multiply(c["iou"], c["stability"])),
+    "largest": lambda c: np.argmax(c["area"]),
+    "best (the truth picks)": lambda c: np.argmax(c["dice"]),
+}
+
+
+def candidates(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, list[float]]:
+    """The clicked slice's three candidates: Dice against `truth`, predicted IoU, stability, area."""
+    import torch
+
+    from medsam2.predictor import last_decoder_outputs
+    from medsam2.prompts import ObjectPrompt
+
+    x, y, k = point
+    with torch.inference_mode(), segmenter.autocast():
+        segmenter._prompt(session, ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]}))
+    low, high, ious, *_ = last_decoder_outputs()
+    logits = torch.nn.functional.interpolate(high[:1].float(), size=truth.shape[1::-1], mode="bilinear")[0]
+    masks = (logits > 0).permute(0, 2, 1).cpu().numpy()
+    low = low[0].float().cpu().numpy()
+    return {"dice": [dice(m, truth[:, :, k]) for m in masks], "iou": ious[0].float().tolist(),
+            "stability": [float((m > 1).sum() / max(1, (m > -1).sum())) for m in low],
+            "area": [int(m.sum()) for m in masks]}
+
+
+def clicks(segmenter, sets: dict) -> dict[str, list[dict]]:
+    """Set name -> the candidates of each click in it."""
+    from medsam2.evaluation.twins import TWIN_LABELS, twin_click
+    from medsam2.memory_phantoms import make_memory_phantom
+    from medsam2.phantoms import PHANTOM_LABELS, make_phantom
+
+    out = defaultdict(list)
+    for shape in PHANTOM_SHAPES:
+        for seed in PHANTOM_SEEDS:
+            p = make_phantom(shape, seed=seed)
+            session = segmenter.open(p.image)
+            for structure in ("organ", "vessel"):
+                truth = p.label == PHANTOM_LABELS[structure]
+                out[f"phantom {structure}, largest slice"].append(candidates(segmenter, session, truth, click_point(truth)))
+            organ = p.label == PHANTOM_LABELS["organ"]
+            k = organ.shape[2] // 2
+            if organ[:, :, k].any():
+                x, y = interior_point(organ[:, :, k].T)
+                out["phantom organ, middle slice (OHIF's click)"].append(
+                    candidates(segmenter, session, organ, (int(x), int(y), k)))
+    for kind in ("twins", "twins+wide"):
+        for seed in TWIN_SEEDS:
+            case = make_memory_phantom(kind, seed=seed)
+            session = segmenter.open(case.image)
+            for value in TWIN_LABELS.values():
+                out[kind].append(candidates(segmenter, session, case.label == value, twin_click(case.label, value)))
+    for name, (image, label, structures, _) in sets.items():
+        session = segmenter.open(image)
+        for values in structures.values():
+            truth = np.isin(label, values)
+            out[name].append(candidates(segmenter, session, truth, click_point(truth)))
+    return dict(out)
+
+
+def main(argv=None) -> int:
+    from medsam2.checkpoints import build_model, resolve_spec
+    from medsam2.demo_model import DEMO_CONFIG
+    from medsam2.propagation import Segmenter
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default="demo", help="a manifest name or a .pt file of the demo config")
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "candidate_rules.json")
+    args = ap.parse_args(argv)
+    config = DEMO_CONFIG if args.checkpoint.endswith(".pt") else None
+    segmenter = Segmenter(build_model(resolve_spec(args.checkpoint, config, None, REPO / "model")))
+    by_set = clicks(segmenter, real_sets(Path(tempfile.mkdtemp(prefix="candidate-rules-"))))
+    by_set["all"] = [c for cs in by_set.values() for c in cs]
+    table = {name: {rule: float(np.mean([c["dice"][pick(c)] for c in cs])) for rule, pick in RULES.items()}
+             for name, cs in by_set.items()}
+    lines = [["clicked-slice Dice, mean", "clicks", *RULES]]
+    lines += [[name, str(len(by_set[name])), *(f"{table[name][r]:.3f}" for r in RULES)] for name in by_set]
+    print(markdown_table(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"checkpoint": args.checkpoint, "table": table, "clicks": by_set}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

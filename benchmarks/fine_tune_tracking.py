@@ -18,6 +18,9 @@ Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's st
 - `memory_lr`: memory attention and the memory encoder at 3 times the lr (`TrainConfig.memory_lr_scale`);
 - `true_memory+memory_lr`: both, as the demo model's stage 2 learned to track; the fine-tuning
   default of a small model since 2026-12-06 (training/loop.TrackingRecipe).
+- `true_memory+memory_lr+frozen_encoder`: that default with the image encoder frozen (`/train
+  {"train_modules": "no_image_encoder"}`), which found the never-labelled lung more often
+  (benchmarks/forgetting.py, docs/training.md).
 
     python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
 
@@ -49,6 +52,9 @@ RECIPES = {
     "true_memory": {"p_true_memory": 0.5, "memory_lr_scale": 1.0},
     "memory_lr": {"p_true_memory": 0.0, "memory_lr_scale": 3.0},
     "true_memory+memory_lr": {"p_true_memory": 0.5, "memory_lr_scale": 3.0},
+    # /train's default with the image encoder frozen (train_modules no_image_encoder; benchmarks/forgetting.py)
+    "true_memory+memory_lr+frozen_encoder": {"p_true_memory": 0.5, "memory_lr_scale": 3.0,
+                                             "train_modules": "no_image_encoder"},
 }
 
 
@@ -56,7 +62,7 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     from medsam2.training.prompt_sim import PromptSettings
 
     return train_model(volume, out, steps, windows=False, prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]),
-                       memory_lr_scale=recipe["memory_lr_scale"])
+                       memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"))
 
 
 def recipe_models(recipes, work: Path, train) -> tuple[dict[str, Path], dict[str, dict]]:

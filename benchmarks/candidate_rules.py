@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.demo_breadth import (PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, click_point,  # noqa: E402
-                                     markdown_table, real_sets)
+                                     markdown_table, real_sets, slice_candidates)
 from medsam2.clicks import interior_point  # noqa: E402
 from medsam2.evaluation.metrics import dice  # noqa: E402
 
@@ -46,19 +46,8 @@ RULES = {
 
 def candidates(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, list[float]]:
     """The clicked slice's three candidates: Dice against `truth`, predicted IoU, stability, area."""
-    import torch
-
-    from medsam2.predictor import last_decoder_outputs
-    from medsam2.prompts import ObjectPrompt
-
-    x, y, k = point
-    with torch.inference_mode(), segmenter.autocast():
-        segmenter._prompt(session, ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]}))
-    low, high, ious, *_ = last_decoder_outputs()
-    logits = torch.nn.functional.interpolate(high[:1].float(), size=truth.shape[1::-1], mode="bilinear")[0]
-    masks = (logits > 0).permute(0, 2, 1).cpu().numpy()
-    low = low[0].float().cpu().numpy()
-    return {"dice": [dice(m, truth[:, :, k]) for m in masks], "iou": ious[0].float().tolist(),
+    masks, ious, low = slice_candidates(segmenter, session, truth.shape[:2], point)
+    return {"dice": [dice(m, truth[:, :, point[2]]) for m in masks], "iou": ious.tolist(),
             "stability": [float((m > 1).sum() / max(1, (m > -1).sum())) for m in low],
             "area": [int(m.sum()) for m in masks]}
 

@@ -51,10 +51,10 @@ def click_point(truth: np.ndarray) -> tuple[int, int, int]:
     return int(x), int(y), int(k)
 
 
-def clicked_slice(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, float]:
-    """One click's clicked slice alone: Dice of the candidate SAM 2 picks (by its predicted IoU) and of
-    the best of its candidates. Calls the engine's `Segmenter._prompt`: the one way to see SAM 2's
-    candidates before propagation."""
+def slice_candidates(segmenter, session, shape: tuple[int, int], point: tuple[int, int, int]):
+    """SAM 2's candidates for one click on its slice, before propagation: the masks (M, I, J) at the
+    slice's `shape` (I, J), their predicted IoUs (M,) and the low-resolution logits (M, s, s). Calls the
+    engine's `Segmenter._prompt`: the one way to see them."""
     import torch
 
     from medsam2.predictor import last_decoder_outputs
@@ -64,11 +64,18 @@ def clicked_slice(segmenter, session, truth: np.ndarray, point: tuple[int, int, 
     click = ObjectPrompt(label="click", clicks={k: [(x + 0.5, y + 0.5, 1)]})
     with torch.inference_mode(), segmenter.autocast():
         segmenter._prompt(session, click)
-    _, high, ious, *_ = last_decoder_outputs()
-    candidates = torch.nn.functional.interpolate(high[:1].float(), size=truth.shape[1::-1], mode="bilinear")[0]
-    candidates = (candidates > 0).permute(0, 2, 1).cpu().numpy()  # (M, I, J)
-    on_slice = [dice(c, truth[:, :, k]) for c in candidates]
-    return {"slice_picked": on_slice[int(ious[0].float().argmax())], "slice_best": max(on_slice)}
+    low, high, ious, *_ = last_decoder_outputs()
+    candidates = torch.nn.functional.interpolate(high[:1].float(), size=shape[::-1], mode="bilinear")[0]
+    masks = (candidates > 0).permute(0, 2, 1).cpu().numpy()
+    return masks, ious[0].float().cpu().numpy(), low[0].float().cpu().numpy()
+
+
+def clicked_slice(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, float]:
+    """One click's clicked slice alone: Dice of the candidate SAM 2 picks (by its predicted IoU) and of
+    the best of its candidates (`slice_candidates`)."""
+    masks, ious, _ = slice_candidates(segmenter, session, truth.shape[:2], point)
+    on_slice = [dice(c, truth[:, :, point[2]]) for c in masks]
+    return {"slice_picked": on_slice[int(ious.argmax())], "slice_best": max(on_slice)}
 
 
 def click_breakdown(segmenter, session, truth: np.ndarray, point: tuple[int, int, int]) -> dict[str, float]:

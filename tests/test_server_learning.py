@@ -171,14 +171,14 @@ def test_scoring_then_next_sample_hands_over_the_least_confident_image(learning_
 
 
 @pytest.mark.torchrun
-def test_multi_gpu_training_runs_under_torchrun_and_rank_0_publishes(learning_server):
-    """`multi_gpu` on a machine without GPUs: 2 gloo processes launched by torchrun (training/launch.py)."""
+def test_training_on_two_cpu_processes_runs_under_torchrun_and_rank_0_publishes(learning_server):
+    """`cpu_processes` 2 on a machine without GPUs: 2 gloo processes launched by torchrun (training/launch.py)."""
     import json
 
     server = learning_server
     before = {str(p): p.stat().st_mtime_ns for p in (server.model_dir / "finetuned").glob("*.pt")}
     # val_split 0: no validation, so the run publishes whatever 3 steps give (this checks the launch, not learning)
-    r = requests.post(f"{server.url}/train/medsam2", json={"multi_gpu": True, "cpu_processes": 2, "max_steps": 3,
+    r = requests.post(f"{server.url}/train/medsam2", json={"cpu_processes": 2, "max_steps": 3,
                                                             "val_split": 0, "clip_len": 4, "seed": 1}, timeout=60)
     assert r.status_code == 200, r.text
     status = wait_for_task(server.url, "train", 900)

@@ -294,6 +294,41 @@ def test_a_run_given_its_own_score_publishes_the_weights_that_score_best_not_the
     assert not all(torch.equal(published[k], v) for k, v in seen[2].items())
 
 
+def test_a_time_limit_that_cannot_hold_the_steps_shortens_the_schedule_to_what_it_holds():
+    from medsam2.training.schedule import TIME_SAFETY, StepPlan
+
+    plan = StepPlan(max_steps=1000, max_minutes=14, warmup=20)
+    assert plan.timed and plan.total == 1000
+    # 1.26 s a step (the demo model on Colin27, 2 AMD cores), 815 s left after the warm-up, a 10-s
+    # validation every 200 steps and one at the end
+    assert [step for step in range(1, 400) if plan.due(step)] == [20, 120, 220, 320]
+    total = plan.fit(20, 1.26, 815.0, validation_s=10.0, val_every=200)
+    assert total == 20 + int((TIME_SAFETY * 815.0 - 10.0) / (1.26 + 10.0 / 200))
+    assert plan.factor(20) == 1.0 and plan.factor(total) == 0.0 and 0 < plan.factor(total - 50) < 0.1
+    assert plan.fit(120, 1.5, 500.0) == 120 + int(TIME_SAFETY * 500.0 / 1.5)  # slower steps: refitted shorter
+    assert plan.fit(620, 1.5, 0.5) == 621  # never before the next step
+    assert StepPlan(1000, 14, 20).fit(20, 0.5, 815.0) == 1000  # a fast machine runs every step
+    assert not StepPlan(1000, None, 20).timed  # no limit: nothing timed, the same run on every machine
+
+
+def test_a_run_with_a_time_limit_ends_its_schedule_inside_it(tmp_path, monkeypatch):
+    """Far more steps than the limit holds: the run stops by its plan, with the learning rate annealed,
+    not cut by the limit at its peak (what a run on a slow machine published before). The run's clock
+    advances half a second each time it is read, so that the test does not depend on this machine's speed."""
+    from medsam2.training import loop
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(loop, "clock", lambda: 0.5 * next(ticks))
+    pairs = [(p.image, p.label) for p in (make_phantom((32, 32, 8), seed=s) for s in (41, 42))]
+    cfg = loop.TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp_path / "out.pt", max_steps=100_000,
+                           max_minutes=0.5, clip_len=3, clips_per_step=1, warmup_steps=5, lr=1e-3)
+    log = []
+    result = loop.train(cfg, pairs, [], log=log.append)
+    assert 5 < result.steps == result.chosen["planned_steps"] < 100_000
+    assert log[-1]["lr"] < 0.05 * 1e-3 and log[-1]["elapsed_s"] < 30
+    assert result.published is not None
+
+
 def test_a_small_model_learns_to_track_as_the_demo_model_did_and_a_large_pretrained_one_as_sam2_does():
     """Fine-tuned on Colin27's left subcortical structures with SAM 2's own recipe, the demo model lost
     them while tracking (one-click Dice 0.45, right-side counterparts 0.66); with half the clips

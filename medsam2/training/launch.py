@@ -54,6 +54,29 @@ def config_from_json(data: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def cpu_processes(clips_per_step: int, threads: int | None = None) -> int:
+    """How many processes a run on CPUs uses unless told: one per thread this process may use
+    (`torch.get_num_threads()`: OMP_NUM_THREADS, else the cores), at most one per clip of a step.
+    The demo model's step is thousands of small operations that a second thread hardly speeds up:
+    on 2 AMD EPYC cores, Colin27's step of 2 clips took 1.45 s on one thread and 1.26 s on two, and
+    2 processes of one thread and one clip each took 0.79 s (docs/training.md, "Slower machines")."""
+    threads = threads or torch.get_num_threads()
+    return max(1, min(int(threads), int(clips_per_step)))
+
+
+def replay_pairs(cfg: TrainConfig):
+    """What the model was trained on, for `cfg.replay_share` of the clips: the demo model's generated
+    phantoms, the only training data known here. None when the run replays nothing."""
+    if cfg.replay_share <= 0:
+        return None
+    from ..demo_model import DEMO_CONFIG, training_pairs
+
+    if cfg.model_config != DEMO_CONFIG:
+        raise ValueError(f"replay needs the data the model was trained on; it is known for the demo model "
+                         f"({DEMO_CONFIG}) only, not for {cfg.model_config}")
+    return training_pairs()
+
+
 def write_job(path: Path, cfg: TrainConfig, train_files: list, val_files: list) -> Path:
     """A job file for `torchrun ... -m medsam2.training.launch --job path`."""
     path = Path(path)
@@ -89,7 +112,8 @@ def run(job: Path) -> TrainResult | None:
     try:
         log = (lambda entry: print(f"medsam2 train: {json.dumps(entry, default=float)}", flush=True)) if rank == 0 \
             else (lambda entry: None)
-        result = train(cfg, read_pairs(spec["train"]), read_pairs(spec["val"]), log=log, rank=rank, world_size=world)
+        result = train(cfg, read_pairs(spec["train"]), read_pairs(spec["val"]), log=log, rank=rank, world_size=world,
+                       replay_pairs=replay_pairs(cfg))
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()

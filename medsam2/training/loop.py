@@ -1,8 +1,8 @@
 """Fine-tuning (or training from scratch) on labelled volumes, on one process or as one DDP rank of
 several (launched by torchrun: launch.py).
 
-One step = `clips_per_step` clips through `ClipObjective`, AdamW with linear warm-up then cosine
-decay, gradient clipping, bf16 autocast on CUDA. Validation runs the engine exactly as the infer task
+One step = `clips_per_step` clips through `ClipObjective` (shared among the DDP ranks), AdamW with linear warm-up then cosine
+decay (shortened to what a time limit allows: schedule.py), gradient clipping, bf16 autocast on CUDA. Validation runs the engine exactly as the infer task
 does (one click at the most interior point of each structure's largest slice, propagated both ways)
 and reports Dice. The best weights are published atomically at the end of a successful run only, so
 a failed or stopped run never changes what the server serves.
@@ -31,6 +31,9 @@ from ..prompts import ObjectPrompt
 from .clips import Augment, ClipSampler, LabelledVolume, ReplaySampler
 from .objective import ClipObjective, LossWeights
 from .prompt_sim import PromptSettings
+from .schedule import StepPlan
+
+clock = time.monotonic  # a run's durations (its time limit, its plan); tests give it a clock of their own
 
 
 @dataclass
@@ -60,7 +63,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     clip_len: int = 8
     max_objects: int = 3
-    clips_per_step: int = 2
+    clips_per_step: int = 2  # a step's clips, over all DDP ranks: each rank runs its share, at least one
     p_exit: float = 0.5  # clips that start near a structure's end and run past it (learning to stop)
     val_every: int = 50
     train_modules: str = "auto"  # auto | all | no_image_encoder
@@ -101,14 +104,19 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def _agree(stop: bool, world_size: int) -> bool:
-    """Rank 0's decision to stop, for every rank (ranks must run the same number of steps: DDP)."""
+def _from_rank0(value: int, world_size: int) -> int:
+    """Rank 0's value, for every rank (ranks must run the same number of steps: DDP)."""
     if world_size <= 1:
-        return stop
+        return value
     device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"  # NCCL moves GPU tensors only
-    flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
+    flag = torch.tensor([int(value)], dtype=torch.int64, device=device)
     torch.distributed.broadcast(flag, src=0)
-    return bool(flag.item())
+    return int(flag.item())
+
+
+def _agree(stop: bool, world_size: int) -> bool:
+    """Rank 0's decision to stop, for every rank."""
+    return bool(_from_rank0(int(stop), world_size))
 
 
 # A model this small (this project's own configs, the demo model) trains like one trained from scratch:
@@ -208,13 +216,6 @@ class StartAnchor:
                 p.sub_(rate * (p - self.start[p]))
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def one_click_dice(model, volumes: list[tuple[np.ndarray, np.ndarray]], intensity=None,
                    field_of_view: str = "off") -> float:
     """Mean Dice over every structure of every volume, one click each, through the engine."""
@@ -261,7 +262,7 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     one-click Dice over `val_pairs`); it runs with the model in eval mode, only when `val_pairs` is given."""
     if cfg.anchor and cfg.init_checkpoint is None:
         raise ValueError("anchor pulls the weights back toward a checkpoint's: it needs one to start from")
-    t0 = time.time()
+    t0 = clock()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     if device.type == "cuda" and world_size > 1:
@@ -282,7 +283,8 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     lr = cfg.lr or default_lr(model, cfg.init_checkpoint is not None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, memory_lr_scale))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps))
+    plan = StepPlan(cfg.max_steps, cfg.max_minutes, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
     anchor = StartAnchor(opt, cfg.anchor) if cfg.anchor else None
     volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
@@ -308,34 +310,46 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
             model.train(was_training)
 
     history: list[dict] = []
+    t_val = clock()
     initial = validate() if is_main and val_pairs else float("nan")
+    validation_s = clock() - t_val
     best, best_state = initial, None
     if is_main:
-        log({"step": 0, "val_dice": initial, "elapsed_s": round(time.time() - t0, 1)})
-    step, stopped = 0, False
+        log({"step": 0, "val_dice": initial, "elapsed_s": round(clock() - t0, 1)})
+    clips_per_rank = -(-cfg.clips_per_step // world_size)  # DDP averages the ranks' gradients: the step's mean
+    step, stopped, t_first = 0, False, clock()
     for step in range(1, cfg.max_steps + 1):
         opt.zero_grad(set_to_none=True)
-        parts = train_step(wrapped, sampler, rng, cfg.clips_per_step, autocast)
+        parts = train_step(wrapped, sampler, rng, clips_per_rank, autocast)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         if anchor is not None:
             anchor.pull()
+        entry = {"step": step}
+        if step == 1:
+            t_first = clock()  # the first step's one-off costs are not timed
+        if plan.due(step):  # before sched.step(), so that the next lr follows the plan
+            planned = plan.fit(step, (clock() - t_first) / (step - 1), 60 * cfg.max_minutes - (clock() - t0),
+                               validation_s if is_main and val_pairs else 0.0, cfg.val_every)
+            plan.total = _from_rank0(planned, world_size)
+            entry["planned_steps"] = plan.total
         sched.step()
-        entry = {"step": step, "lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in parts.items()}}
-        out_of_time = _agree(cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes, world_size)
+        entry.update({"lr": sched.get_last_lr()[0], **{k: round(v, 5) for k, v in parts.items()}})
+        out_of_time = _agree(cfg.max_minutes is not None and clock() - t0 > 60 * cfg.max_minutes, world_size)
         stop = _agree(should_stop(), world_size)
-        if is_main and val_pairs and (step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time):
+        last = step >= plan.total
+        if is_main and val_pairs and (step % cfg.val_every == 0 or last or out_of_time):
             entry["val_dice"] = validate()
             if not (entry["val_dice"] <= best):  # also true when best is nan
                 best, best_state = entry["val_dice"], copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-        entry["elapsed_s"] = round(time.time() - t0, 1)
+        entry["elapsed_s"] = round(clock() - t0, 1)
         history.append(entry)
         if is_main:
             log(entry)
         if stop:
             stopped = True
             break
-        if out_of_time:
+        if out_of_time or last:
             break
 
     digests = []
@@ -362,5 +376,6 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
                 "val_dice": best, "initial_val_dice": initial, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
     chosen = {"lr": lr, "image_encoder_trains": encoder_trains, "memory_lr_scale": memory_lr_scale,
-              "p_true_memory": prompts.p_true_memory}
-    return TrainResult(history, best, initial, published, step, time.time() - t0, stopped, not_promoted, digests, chosen)
+              "p_true_memory": prompts.p_true_memory, "planned_steps": plan.total,
+              "clips_per_rank": clips_per_rank}
+    return TrainResult(history, best, initial, published, step, clock() - t0, stopped, not_promoted, digests, chosen)

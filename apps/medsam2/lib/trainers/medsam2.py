@@ -9,10 +9,11 @@ their next request. A stopped or failed run publishes nothing. Progress goes to 
 `/train` status), to a stats file (shown in `/info` train_stats) and to TensorBoard under model/runs.
 
 Request params: max_steps (1000), max_minutes (14: a default run ends within 15 minutes on 2 CPU
-cores; 0 = no limit), val_split (0.2), clip_len (8), max_objects (3),
-clips_per_step (2), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with
-true, torch DDP launched by torchrun over all GPUs; on a CPU-only machine `cpu_processes` gloo
-processes, default 1: medsam2/training/launch.py),
+cores; where fewer steps fit, the schedule is shortened to them: training/schedule.py; 0 = no limit), val_split (0.2), clip_len (8), max_objects (3),
+clips_per_step (2: over all processes), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu
+(false: with true, torch DDP launched by torchrun over all GPUs), cpu_processes (on a machine without
+GPUs: auto, one gloo process under torchrun per thread the server may use and at most one per clip of
+a step, each with its share of the threads; or a number, 1 for one process: medsam2/training/launch.py),
 replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
 the demo model's training data is known, generated here; docs/training.md), anchor (0: L2-SP, each
 weight pulled back toward the served model's, against forgetting without the old data; needs a
@@ -48,7 +49,7 @@ from lib.params import flag
 from lib.train_schedule import mark_done
 from medsam2.service import ModelProvider
 from medsam2.training.clips import Augment
-from medsam2.training.launch import result_path, write_job
+from medsam2.training.launch import cpu_processes, replay_pairs, result_path, write_job
 from medsam2.training.loop import TrainConfig, train
 from medsam2.training.prompt_sim import PromptSettings
 from medsam2.training.tracking import RunTracker, default_uri
@@ -140,16 +141,17 @@ class MedSam2Trainer(TrainTask):
             lock.close()
 
     @staticmethod
-    def _replay_pairs(cfg: TrainConfig):
-        """What the served model was trained on, for `replay`: the demo model's generated phantoms."""
-        if cfg.replay_share <= 0:
-            return None
-        from medsam2.demo_model import DEMO_CONFIG, training_pairs
-
-        if cfg.model_config != DEMO_CONFIG:
-            raise ValueError(f"replay needs the data the model was trained on; it is known for the demo model "
-                             f"({DEMO_CONFIG}) only, not for {cfg.model_config}")
-        return training_pairs()
+    def _processes(request, cfg: TrainConfig) -> int:
+        """How many DDP processes the run uses: every GPU with `multi_gpu`, else one; on a machine without
+        GPUs `cpu_processes` (auto: launch.cpu_processes)."""
+        if torch.cuda.is_available():
+            return torch.cuda.device_count() if flag(request.get("multi_gpu", False)) else 1
+        asked = str(request.get("cpu_processes", "auto")).strip().lower()
+        if asked == "auto":
+            return cpu_processes(cfg.clips_per_step)
+        if not asked.isdigit() or int(asked) < 1:
+            raise ValueError(f"cpu_processes must be auto or a whole number >= 1, got {request.get('cpu_processes')!r}")
+        return int(asked)
 
     @staticmethod
     def _check(cfg: TrainConfig) -> TrainConfig:
@@ -214,6 +216,7 @@ class MedSam2Trainer(TrainTask):
             prompts=PromptSettings(p_unlabelled_click=float(request.get("unlabelled_click", 0) or 0)),
             promote_margin=float(request.get("promote_margin", TrainConfig.promote_margin)),
         ))
+        world = self._processes(request, cfg)
         me = psutil.Process()
         stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
                  "validation": [i for i, v in zip(ids, is_val) if v],
@@ -238,16 +241,16 @@ class MedSam2Trainer(TrainTask):
                                          "elapsed_s": entry.get("elapsed_s")})
                 self._write_stats(stats)
 
-        world = torch.cuda.device_count() if torch.cuda.is_available() else int(request.get("cpu_processes", 1))
         with tracker:  # the MLflow run ends FAILED on any exception below, FINISHED otherwise
             tracker.params({**{k: v for k, v in dataclasses.asdict(cfg).items() if not isinstance(v, dict)},
                             **{f"augment.{k}": v for k, v in dataclasses.asdict(cfg.augment).items()},
-                            "train_images": len(trn), "val_images": len(val), "start_from": stats["start_from"]})
+                            "train_images": len(trn), "val_images": len(val), "start_from": stats["start_from"],
+                            "processes": world})
             try:
-                if flag(request.get("multi_gpu", False)) and world > 1:
+                if world > 1:
                     result = self._torchrun(cfg, trn_files, val_files, world, log)
                 else:
-                    result = train(cfg, trn, val, log=log, replay_pairs=self._replay_pairs(cfg))
+                    result = train(cfg, trn, val, log=log, replay_pairs=replay_pairs(cfg))
             finally:
                 writer.close()
             tracker.params({f"chosen.{k}": v for k, v in result.chosen.items()})
@@ -271,7 +274,8 @@ class MedSam2Trainer(TrainTask):
 
     def _torchrun(self, cfg: TrainConfig, trn_files, val_files, world: int, log) -> SimpleNamespace:
         """The run as `torchrun --nproc_per_node <world> -m medsam2.training.launch` (NCCL on GPUs, gloo
-        on CPUs), its rendezvous on 127.0.0.1; rank 0's log lines are passed on as they come."""
+        on CPUs), its rendezvous on 127.0.0.1; rank 0's log lines are passed on as they come. A stop
+        (MONAI Label kills the train process and its children) ends the ranks with it."""
         import socket
 
         job = write_job(self.stats_path.parent / "torchrun-job.json", cfg, trn_files, val_files)
@@ -281,7 +285,9 @@ class MedSam2Trainer(TrainTask):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--nnodes", "1",
                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
                "-m", "medsam2.training.launch", "--job", str(job)]
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+        # each rank gets its share of the threads this process may use (torchrun would give each one)
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+               "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // world))}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail = []
         for line in proc.stdout:

@@ -1,0 +1,120 @@
+"""How fast `/train` steps on this machine's CPUs: one process against `cpu_processes` auto.
+
+Each run is `/train`'s default run from the demo model (clips of 8 slices, 3 objects, 2 clips a step,
+the tracking recipe, the mirror) on Colin27's whole volume with the left caudate, putamen, thalamus and
+hippocampus labelled, without validation or time limit, for `--steps` steps. Both go through
+`python -m medsam2.training.launch` as the train task runs them:
+- `one process`: the stock path, one process with every thread this machine gives (`OMP_NUM_THREADS`);
+- `cpu_processes auto`: torchrun with `launch.cpu_processes` gloo ranks, each with its share of the
+  threads and its share of the step's clips, as `/train` runs by default without GPUs.
+
+Seconds a step are timed from the history between step 5 and the last (the first steps carry one-off
+costs); `steps in 14 min` is what `/train`'s time limit holds at that rate.
+
+    python -m benchmarks.train_speed [--steps 60]
+
+About 3 minutes on 2 cores. Prints a table and writes bench-results/train_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.field_of_view import TRAINED  # noqa: E402
+from medsam2.evaluation import real_data  # noqa: E402
+
+FIRST_TIMED_STEP = 5
+LIMIT_MINUTES = 14
+
+
+def write_volume(folder: Path) -> list[tuple[Path, Path]]:
+    """Colin27 and its trained structures as NIfTI files, for the job file."""
+    import nibabel as nib
+
+    colin = real_data.colin27()
+    keep = [colin.structures[n] for n in TRAINED]
+    label = np.where(np.isin(colin.label, keep), colin.label, 0).astype(np.int16)
+    image_path, label_path = folder / "colin27.nii.gz", folder / "colin27_label.nii.gz"
+    nib.save(nib.Nifti1Image(colin.image.astype(np.float32), np.eye(4)), image_path)
+    nib.save(nib.Nifti1Image(label, np.eye(4)), label_path)
+    return [(image_path, label_path)]
+
+
+def run(folder: Path, files, steps: int, processes: int, threads: int) -> dict:
+    """One run through launch.py (under torchrun when `processes` > 1): its history's step times."""
+    from medsam2.checkpoints import resolve_spec
+    from medsam2.training.launch import result_path, write_job
+    from medsam2.training.loop import TrainConfig
+
+    spec = resolve_spec("demo", None, None, REPO / "model")
+    cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
+                      preprocess=spec.preprocess, postprocess=spec.postprocess,
+                      out_checkpoint=folder / f"out_{processes}.pt", max_steps=steps, clip_len=8, max_objects=3,
+                      clips_per_step=2)
+    job = write_job(folder / f"job_{processes}.json", cfg, files, [])
+    each = max(1, threads // processes)
+    env = {**os.environ, "OMP_NUM_THREADS": str(each), "GLOO_SOCKET_IFNAME": "lo"}
+    if processes == 1:
+        cmd = [sys.executable, "-m", "medsam2.training.launch", "--job", str(job)]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--nnodes", "1",
+               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+               "-m", "medsam2.training.launch", "--job", str(job)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    history = json.loads(result_path(job).read_text())["history"]
+    at = {entry["step"]: entry["elapsed_s"] for entry in history}
+    per_step = (at[steps] - at[FIRST_TIMED_STEP]) / (steps - FIRST_TIMED_STEP)
+    return {"processes": processes, "threads_each": each, "s_per_step": round(per_step, 3),
+            "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(wall, 1)}
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from medsam2.training.launch import cpu_processes
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "train_speed.json")
+    args = ap.parse_args(argv)
+    threads = torch.get_num_threads()
+    auto = cpu_processes(2, threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = write_volume(folder)
+        rows = {"one process": run(folder, files, args.steps, 1, threads)}
+        if auto > 1:
+            rows["cpu_processes auto"] = run(folder, files, args.steps, auto, threads)
+    base = rows["one process"]["s_per_step"]
+    print(f"{threads} threads; {args.steps} steps a run, timed from step {FIRST_TIMED_STEP}")
+    print("| run | processes | threads each | s a step | steps in 14 min | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['processes']} | {r['threads_each']} | {r['s_per_step']:.2f} | {r['steps_in_limit']} "
+              f"| {base / r['s_per_step']:.2f}x |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threads": threads, "steps": args.steps, "runs": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -63,10 +63,14 @@ def test_a_run_on_cpus_uses_one_process_per_thread_and_at_most_one_per_clip():
     assert cpu_processes(clips_per_step=4, threads=16) == 4
 
 
-def test_the_train_task_reads_cpu_processes_and_refuses_what_is_not_a_count(tmp_path):
+def test_the_train_task_reads_cpu_processes_and_refuses_what_is_not_a_count(tmp_path, monkeypatch):
+    import torch
+
     sys.path.insert(0, str(REPO / "apps" / "medsam2"))
     from lib.trainers.medsam2 import MedSam2Trainer
     from medsam2.training.launch import cpu_processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without GPUs, as CI
 
     cfg = TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp_path / "out.pt", clips_per_step=2)
     assert MedSam2Trainer._processes({}, cfg) == cpu_processes(2)

@@ -1,10 +1,10 @@
 """Fine-tuning (or training from scratch) on labelled volumes, on one process or as one DDP rank of
 several (launched by torchrun: launch.py).
 
-One step = `clips_per_step` clips through `ClipObjective` (shared among the DDP ranks), AdamW with linear warm-up then cosine
-decay (shortened to what a time limit allows: schedule.py), gradient clipping, bf16 autocast on CUDA. Validation runs the engine exactly as the infer task
-does (one click at the most interior point of each structure's largest slice, propagated both ways)
-and reports Dice. The best weights are published atomically at the end of a successful run only, so
+One step = `clips_per_step` clips through `ClipObjective` (shared among the DDP ranks), AdamW with
+linear warm-up then cosine decay (shortened to what a time limit allows: schedule.py), gradient
+clipping, bf16 autocast on CUDA. Validation runs the engine exactly as the infer task does (one click
+at the most interior point of each structure's largest slice, propagated both ways) and reports Dice. The best weights are published atomically at the end of a successful run only, so
 a failed or stopped run never changes what the server serves.
 """
 
@@ -317,7 +317,7 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     if is_main:
         log({"step": 0, "val_dice": initial, "elapsed_s": round(clock() - t0, 1)})
     clips_per_rank = -(-cfg.clips_per_step // world_size)  # DDP averages the ranks' gradients: the step's mean
-    step, stopped, t_first = 0, False, clock()
+    step, stopped, t_first, validating_s = 0, False, clock(), 0.0
     for step in range(1, cfg.max_steps + 1):
         opt.zero_grad(set_to_none=True)
         parts = train_step(wrapped, sampler, rng, clips_per_rank, autocast)
@@ -329,7 +329,8 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         if step == 1:
             t_first = clock()  # the first step's one-off costs are not timed
         if plan.due(step):  # before sched.step(), so that the next lr follows the plan
-            planned = plan.fit(step, (clock() - t_first) / (step - 1), 60 * cfg.max_minutes - (clock() - t0),
+            step_s = (clock() - t_first - validating_s) / (step - 1)  # validations are counted apart
+            planned = plan.fit(step, step_s, 60 * cfg.max_minutes - (clock() - t0),
                                validation_s if is_main and val_pairs else 0.0, cfg.val_every)
             plan.total = _from_rank0(planned, world_size)
             entry["planned_steps"] = plan.total
@@ -339,7 +340,9 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
         stop = _agree(should_stop(), world_size)
         last = step >= plan.total
         if is_main and val_pairs and (step % cfg.val_every == 0 or last or out_of_time):
+            t_val = clock()
             entry["val_dice"] = validate()
+            validating_s += clock() - t_val
             if not (entry["val_dice"] <= best):  # also true when best is nan
                 best, best_state = entry["val_dice"], copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
         entry["elapsed_s"] = round(clock() - t0, 1)

@@ -4,14 +4,16 @@ The schedule is a linear warm-up, then cosine decay to zero at the run's last st
 run 1000 steps and 14 minutes. The machines this project runs on differ about twofold: 1000 steps of
 the demo model on Colin27 took 593 s on 2 cores when docs/training.md measured them, and an AMD EPYC's
 2 cores ran 667 of them in the 14 minutes. A run that the limit stops part-way stops with its learning
-rate still high: at 667 of 1000 steps, the cosine is still at a quarter of its peak. The weights it publishes are then those of a run that never
-settled.
+rate still high: at 667 of 1000 steps, the cosine is still at a quarter of its peak, and the weights
+it publishes are those of a run that never settled.
 
 `StepPlan` times the warm-up's steps and then shortens the schedule to the steps the limit allows,
-refitted every 100 steps from the mean step time so far, so that the run anneals and ends by itself. The limit stays as a safety net. Without a limit nothing
-is timed, and a run is the same on every machine. With one, the steps planned depend on the machine's
-speed, as the steps a limit allowed always did. The run's record names them (`TrainResult.chosen`,
-MLflow's `chosen.planned_steps`).
+refitted every 100 steps from the mean step time so far, so that the run anneals and ends by itself.
+The limit stays as a safety net. Without a limit nothing is timed, and a run is the same on every
+machine. With one, the steps planned depend on the machine's speed, as the steps a limit allowed
+always did. The run's record names them (`TrainResult.chosen`, MLflow's `chosen.planned_steps`).
+Measured (docs/training.md, "Slower machines"): on its own this did not make a slow machine's run
+better; what it lacked was steps, which several CPU processes give (launch.cpu_processes).
 """
 
 from __future__ import annotations

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,10 +51,10 @@ def write_volume(folder: Path) -> list[tuple[Path, Path]]:
     return [(image_path, label_path)]
 
 
-def run(folder: Path, files, steps: int, processes: int, threads: int) -> dict:
+def run(folder: Path, files, steps: int, processes: int) -> dict:
     """One run through launch.py (under torchrun when `processes` > 1): its history's step times."""
     from medsam2.checkpoints import resolve_spec
-    from medsam2.training.launch import result_path, write_job
+    from medsam2.training.launch import one_machine_command, result_path, write_job
     from medsam2.training.loop import TrainConfig
 
     spec = resolve_spec("demo", None, None, REPO / "model")
@@ -65,24 +63,14 @@ def run(folder: Path, files, steps: int, processes: int, threads: int) -> dict:
                       out_checkpoint=folder / f"out_{processes}.pt", max_steps=steps, clip_len=8, max_objects=3,
                       clips_per_step=2)
     job = write_job(folder / f"job_{processes}.json", cfg, files, [])
-    each = max(1, threads // processes)
-    env = {**os.environ, "OMP_NUM_THREADS": str(each), "GLOO_SOCKET_IFNAME": "lo"}
-    if processes == 1:
-        cmd = [sys.executable, "-m", "medsam2.training.launch", "--job", str(job)]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--nnodes", "1",
-               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
-               "-m", "medsam2.training.launch", "--job", str(job)]
+    cmd, env = one_machine_command(job, processes)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     history = json.loads(result_path(job).read_text())["history"]
     at = {entry["step"]: entry["elapsed_s"] for entry in history}
     per_step = (at[steps] - at[FIRST_TIMED_STEP]) / (steps - FIRST_TIMED_STEP)
-    return {"processes": processes, "threads_each": each, "s_per_step": round(per_step, 3),
+    return {"processes": processes, "threads_each": int(env["OMP_NUM_THREADS"]), "s_per_step": round(per_step, 3),
             "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(wall, 1)}
 
 
@@ -100,9 +88,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = write_volume(folder)
-        rows = {"one process": run(folder, files, args.steps, 1, threads)}
+        rows = {"one process": run(folder, files, args.steps, 1)}
         if auto > 1:
-            rows["cpu_processes auto"] = run(folder, files, args.steps, auto, threads)
+            rows["cpu_processes auto"] = run(folder, files, args.steps, auto)
     base = rows["one process"]["s_per_step"]
     print(f"{threads} threads; {args.steps} steps a run, timed from step {FIRST_TIMED_STEP}")
     print("| run | processes | threads each | s a step | steps in 14 min | speed-up |")

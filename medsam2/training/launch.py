@@ -64,6 +64,25 @@ def cpu_processes(clips_per_step: int, threads: int | None = None) -> int:
     return max(1, min(int(threads), int(clips_per_step)))
 
 
+def one_machine_command(job: Path, processes: int) -> tuple[list[str], dict]:
+    """The command and environment that run `job` on this machine: `torchrun --nproc_per_node
+    <processes>`, its rendezvous on a free port of 127.0.0.1 and gloo's sockets on the loopback; each
+    rank with its share of the threads this process may use (torchrun would give each one). One
+    process: this module directly, with every thread."""
+    import socket
+
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
+           "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // processes))}
+    if processes == 1:
+        return [sys.executable, "-m", "medsam2.training.launch", "--job", str(job)], env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--nnodes", "1",
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+            "-m", "medsam2.training.launch", "--job", str(job)], env
+
+
 def replay_pairs(cfg: TrainConfig):
     """What the model was trained on, for `cfg.replay_share` of the clips: the demo model's generated
     phantoms, the only training data known here. None when the run replays nothing."""

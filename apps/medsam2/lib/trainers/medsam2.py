@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,7 +48,7 @@ from lib.params import flag
 from lib.train_schedule import mark_done
 from medsam2.service import ModelProvider
 from medsam2.training.clips import Augment
-from medsam2.training.launch import cpu_processes, replay_pairs, result_path, write_job
+from medsam2.training.launch import cpu_processes, one_machine_command, replay_pairs, result_path, write_job
 from medsam2.training.loop import TrainConfig, train
 from medsam2.training.prompt_sim import PromptSettings
 from medsam2.training.tracking import RunTracker, default_uri
@@ -276,18 +275,8 @@ class MedSam2Trainer(TrainTask):
         """The run as `torchrun --nproc_per_node <world> -m medsam2.training.launch` (NCCL on GPUs, gloo
         on CPUs), its rendezvous on 127.0.0.1; rank 0's log lines are passed on as they come. A stop
         (MONAI Label kills the train process and its children) ends the ranks with it."""
-        import socket
-
         job = write_job(self.stats_path.parent / "torchrun-job.json", cfg, trn_files, val_files)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--nnodes", "1",
-               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
-               "-m", "medsam2.training.launch", "--job", str(job)]
-        # each rank gets its share of the threads this process may use (torchrun would give each one)
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-               "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // world))}
+        cmd, env = one_machine_command(job, world)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail = []
         for line in proc.stdout:

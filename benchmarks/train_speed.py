@@ -31,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.field_of_view import TRAINED  # noqa: E402
+from benchmarks.demo_breadth import markdown_table  # noqa: E402
+from benchmarks.field_of_view import default_config, trained_label  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
 FIRST_TIMED_STEP = 5
@@ -43,25 +44,17 @@ def write_volume(folder: Path) -> list[tuple[Path, Path]]:
     import nibabel as nib
 
     colin = real_data.colin27()
-    keep = [colin.structures[n] for n in TRAINED]
-    label = np.where(np.isin(colin.label, keep), colin.label, 0).astype(np.int16)
     image_path, label_path = folder / "colin27.nii.gz", folder / "colin27_label.nii.gz"
     nib.save(nib.Nifti1Image(colin.image.astype(np.float32), np.eye(4)), image_path)
-    nib.save(nib.Nifti1Image(label, np.eye(4)), label_path)
+    nib.save(nib.Nifti1Image(trained_label(colin).astype(np.int16), np.eye(4)), label_path)
     return [(image_path, label_path)]
 
 
 def run(folder: Path, files, steps: int, processes: int) -> dict:
     """One run through launch.py (under torchrun when `processes` > 1): its history's step times."""
-    from medsam2.checkpoints import resolve_spec
     from medsam2.training.launch import one_machine_command, result_path, write_job
-    from medsam2.training.loop import TrainConfig
 
-    spec = resolve_spec("demo", None, None, REPO / "model")
-    cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
-                      preprocess=spec.preprocess, postprocess=spec.postprocess,
-                      out_checkpoint=folder / f"out_{processes}.pt", max_steps=steps, clip_len=8, max_objects=3,
-                      clips_per_step=2)
+    cfg = default_config(folder / f"out_{processes}.pt", steps, max_minutes=None)
     job = write_job(folder / f"job_{processes}.json", cfg, files, [])
     cmd, env = one_machine_command(job, processes)
     t0 = time.perf_counter()
@@ -93,11 +86,10 @@ def main(argv=None) -> int:
             rows["cpu_processes auto"] = run(folder, files, args.steps, auto)
     base = rows["one process"]["s_per_step"]
     print(f"{threads} threads; {args.steps} steps a run, timed from step {FIRST_TIMED_STEP}")
-    print("| run | processes | threads each | s a step | steps in 14 min | speed-up |")
-    print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['processes']} | {r['threads_each']} | {r['s_per_step']:.2f} | {r['steps_in_limit']} "
-              f"| {base / r['s_per_step']:.2f}x |")
+    lines = [["run", "processes", "threads each", "s a step", "steps in 14 min", "speed-up"]]
+    lines += [[name, str(r["processes"]), str(r["threads_each"]), f"{r['s_per_step']:.2f}", str(r["steps_in_limit"]),
+               f"{base / r['s_per_step']:.2f}x"] for name, r in rows.items()]
+    print(markdown_table(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"threads": threads, "steps": args.steps, "runs": rows}, indent=1))
     print(f"wrote {args.out}")

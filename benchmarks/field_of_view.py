@@ -53,29 +53,25 @@ def trained_label(volume: real_data.RealVolume) -> np.ndarray:
     return np.where(np.isin(volume.label, keep), volume.label, 0)
 
 
-def default_config(out: Path, steps: int, **overrides):
-    """`/train`'s default TrainConfig (apps/medsam2/lib/trainers/medsam2.py) from the demo model, with
-    `overrides` (other TrainConfig fields)."""
+def default_config(out: Path, steps: int, field_of_view: str = "off", **overrides):
+    """`/train`'s default TrainConfig (medsam2/training/defaults.py) from the demo model, for `steps` steps,
+    as `/train` runs it with the server's field of view `field_of_view`, with `overrides` (other
+    TrainConfig fields)."""
     from medsam2.checkpoints import resolve_spec
-    from medsam2.training.loop import TrainConfig
+    from medsam2.training.defaults import default_run
 
-    spec = resolve_spec("demo", None, None, REPO / "model")
-    settings = dict(max_minutes=14.0, clip_len=8, max_objects=3, clips_per_step=2, val_every=200)
-    return TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
-                       preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
-                       max_steps=steps, **{**settings, **overrides})
+    return default_run(resolve_spec("demo", None, None, REPO / "model"), out, field_of_view, max_steps=steps,
+                       **overrides)
 
 
 def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bool, **overrides) -> dict:
     """`/train`'s defaults on the trained structures of `volume`; with `windows`, as `/train` runs when
     the server's field of view is on (half the clips in windows); `overrides`: other TrainConfig fields
     (benchmarks/fine_tune_tracking.py compares recipes)."""
-    from medsam2.training.clips import Augment
     from medsam2.training.loop import train
 
     label = trained_label(volume)
-    cfg = default_config(out, steps, augment=Augment(p_window=0.5) if windows else Augment(),
-                         field_of_view="auto" if windows else "off", **overrides)
+    cfg = default_config(out, steps, "auto" if windows else "off", **overrides)
 
     def log(entry):
         if entry.get("step", 0) % 100 == 0:

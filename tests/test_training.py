@@ -329,6 +329,24 @@ def test_a_run_with_a_time_limit_ends_its_schedule_inside_it(tmp_path, monkeypat
     assert result.published is not None
 
 
+def test_the_default_run_starts_from_the_served_model_and_trains_as_it_is_served(tmp_path):
+    """`/train`'s TrainConfig (training/defaults.py): from the served weights and their input pipeline, a
+    default-length run bounded by 14 minutes, and, where the server's field of view is on, validated with
+    it and with half its clips in windows; a request's values win."""
+    from medsam2.frames import Preprocess
+    from medsam2.training.defaults import default_run
+
+    spec = ModelSpec("sam2.1_hiera_micro", image_size=64, checkpoint=tmp_path / "served.pt",
+                     preprocess=Preprocess(uint8=True, resize="pil_bicubic"))
+    cfg = default_run(spec, tmp_path / "out.pt")
+    assert (cfg.init_checkpoint, cfg.image_size, cfg.preprocess) == (spec.checkpoint, 64, spec.preprocess)
+    assert (cfg.max_steps, cfg.max_minutes, cfg.clips_per_step) == (1000, 14.0, 2)
+    assert cfg.field_of_view == "off" and cfg.augment.p_window == 0
+    windowed = default_run(spec, tmp_path / "out.pt", "auto", max_steps=50, max_minutes=None)
+    assert windowed.field_of_view == "auto" and windowed.augment.p_window == 0.5
+    assert (windowed.max_steps, windowed.max_minutes) == (50, None)
+
+
 def test_a_small_model_learns_to_track_as_the_demo_model_did_and_a_large_pretrained_one_as_sam2_does():
     """Fine-tuned on Colin27's left subcortical structures with SAM 2's own recipe, the demo model lost
     them while tracking (one-click Dice 0.45, right-side counterparts 0.66); with half the clips

@@ -47,8 +47,9 @@ from lib.infers.image_io import read_image
 from lib.params import flag
 from lib.train_schedule import mark_done
 from medsam2.service import ModelProvider
-from medsam2.training.clips import Augment
-from medsam2.training.launch import cpu_processes, one_machine_command, replay_pairs, result_path, write_job
+from medsam2.training.defaults import DEFAULT_RUN, DEFAULT_VAL_SPLIT, default_run
+from medsam2.training.launch import (cpu_processes, first_error, one_machine_command, replay_pairs, result_path,
+                                     write_job)
 from medsam2.training.loop import TrainConfig, train
 from medsam2.training.prompt_sim import PromptSettings
 from medsam2.training.tracking import RunTracker, default_uri
@@ -56,11 +57,6 @@ from medsam2.training.validation import ValidationSet
 from medsam2.versions import VersionStore
 
 logger = logging.getLogger(__name__)
-
-# A default run: what fitted four real structures (Dice 0.82-0.90 without augmentation) on 2 CPU cores
-# in about 10 minutes (docs/training.md), bounded so that it ends within 15 minutes on a slower machine.
-DEFAULT_STEPS = 1000
-DEFAULT_MINUTES = 14.0
 
 
 class MedSam2Trainer(TrainTask):
@@ -76,8 +72,9 @@ class MedSam2Trainer(TrainTask):
         self.runs_dir = Path(model_dir) / "runs" / name
 
     def config(self):
-        return {"max_steps": DEFAULT_STEPS, "max_minutes": DEFAULT_MINUTES, "val_split": 0.2, "clip_len": 8, "max_objects": 3,
-                "clips_per_step": 2, "train_modules": "auto", "multi_gpu": False}
+        shown = ("max_steps", "max_minutes", "clip_len", "max_objects", "clips_per_step")
+        return {**{k: DEFAULT_RUN[k] for k in shown}, "val_split": DEFAULT_VAL_SPLIT, "train_modules": "auto",
+                "multi_gpu": False}
 
     def stats(self):
         """The last run's stats for /info; NaN (a Dice without a validation set) becomes null, since
@@ -181,7 +178,7 @@ class MedSam2Trainer(TrainTask):
         # the validation images: chosen by image id, and kept for every later run (training/validation.py)
         ids = [os.path.basename(image) for image, _ in files]
         val_ids, _ = ValidationSet(self.stats_path.parent / f"{self.name}_validation.json").split(
-            ids, float(request.get("val_split", 0.2)))
+            ids, float(request.get("val_split", DEFAULT_VAL_SPLIT)))
         val_ids = set(val_ids)
         is_val = [image_id in val_ids for image_id in ids]
         val = [pair for pair, v in zip(pairs, is_val) if v]
@@ -190,23 +187,15 @@ class MedSam2Trainer(TrainTask):
         trn_files = [f for f, v in zip(files, is_val) if not v]
 
         current = self.provider.current_spec()
-        # a model served with the field of view on is validated with it, and sees half its clips in windows
-        field_of_view = self.provider.settings.field_of_view
-        cfg = self._check(TrainConfig(
-            field_of_view=field_of_view,
-            augment=Augment(p_window=0.5) if field_of_view == "auto" else Augment(),
-            model_config=current.model_config,
-            image_size=current.image_size,
-            init_checkpoint=current.checkpoint,
-            preprocess=current.preprocess,
-            postprocess=current.postprocess,
-            out_checkpoint=self.provider.finetuned_path,
-            max_steps=int(request.get("max_steps", DEFAULT_STEPS)),
-            max_minutes=float(request.get("max_minutes", DEFAULT_MINUTES) or 0) or None,
-            clip_len=int(request.get("clip_len", 8)),
-            max_objects=int(request.get("max_objects", 3)),
-            clips_per_step=int(request.get("clips_per_step", 2)),
-            val_every=int(request.get("val_every", 200)),
+        # from the weights being served, with the field of view they are served with (training/defaults.py)
+        cfg = self._check(default_run(
+            current, self.provider.finetuned_path, self.provider.settings.field_of_view,
+            max_steps=int(request.get("max_steps", DEFAULT_RUN["max_steps"])),
+            max_minutes=float(request.get("max_minutes", DEFAULT_RUN["max_minutes"]) or 0) or None,
+            clip_len=int(request.get("clip_len", DEFAULT_RUN["clip_len"])),
+            max_objects=int(request.get("max_objects", DEFAULT_RUN["max_objects"])),
+            clips_per_step=int(request.get("clips_per_step", DEFAULT_RUN["clips_per_step"])),
+            val_every=int(request.get("val_every", DEFAULT_RUN["val_every"])),
             lr=float(request["lr"]) if request.get("lr") else None,
             train_modules=str(request.get("train_modules", "auto")),
             seed=int(request.get("seed", 0)),
@@ -284,7 +273,9 @@ class MedSam2Trainer(TrainTask):
             if line.startswith("medsam2 train: "):
                 log(json.loads(line[len("medsam2 train: "):]))
         if proc.wait() != 0:
-            raise RuntimeError(f"torchrun exited with {proc.returncode}: {''.join(tail)[-2000:]}")
+            reason = first_error(job)  # what a rank failed with; else torchrun's own last lines
+            raise RuntimeError(f"{reason} (in a training process under torchrun)" if reason else
+                               f"torchrun exited with {proc.returncode}: {''.join(tail)[-2000:]}")
         out = json.loads(result_path(job).read_text())
         return SimpleNamespace(steps=out["steps"], initial_dice=out["initial_dice"], best_dice=out["best_dice"],
                                published=out["published"], not_promoted=out.get("not_promoted", ""),

@@ -1,0 +1,41 @@
+"""`/train`'s default run, in one place.
+
+The train task (apps/medsam2/lib/trainers/medsam2.py) builds its TrainConfig with `default_run`, from
+the request's values over `DEFAULT_RUN`; the benchmarks that measure what `/train` does
+(benchmarks/field_of_view.py, fine_tune_tracking.py, train_speed.py) build theirs the same way, so that
+a change of default reaches both. TrainConfig's own defaults (200 steps, no limit) are the library's,
+for short runs such as the tests'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoints import ModelSpec
+from .clips import Augment
+from .loop import TrainConfig
+
+# What fitted four real structures on 2 CPU cores in about 10 minutes (docs/training.md, "Learning a real
+# structure"), bounded so that a run ends within 15 minutes on a slower machine: where fewer steps fit,
+# the schedule is shortened to them (schedule.py).
+DEFAULT_RUN = {
+    "max_steps": 1000,
+    "max_minutes": 14.0,
+    "clip_len": 8,  # slices a clip runs through SAM 2's memory
+    "max_objects": 3,  # structures tracked together in one clip
+    "clips_per_step": 2,  # over all processes (launch.py shares them among the ranks)
+    "val_every": 200,  # steps between validations
+}
+DEFAULT_VAL_SPLIT = 0.2  # share of the labelled images held out to validate (validation.py)
+
+
+def default_run(spec: ModelSpec, out_checkpoint: Path, field_of_view: str = "off", **overrides) -> TrainConfig:
+    """`/train`'s TrainConfig for the model `spec` describes (its weights are the start), publishing to
+    `out_checkpoint`. A model served with the field of view on ("auto") is validated with it and sees
+    half its clips in windows. `overrides`: any other TrainConfig field, or one of DEFAULT_RUN's."""
+    settings = {"field_of_view": field_of_view,
+                "augment": Augment(p_window=0.5) if field_of_view == "auto" else Augment(),
+                **DEFAULT_RUN, **overrides}
+    return TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
+                       preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=Path(out_checkpoint),
+                       **settings)

@@ -52,6 +52,24 @@ def test_two_gloo_ranks_train_the_same_weights_and_rank_0_alone_publishes(tmp_pa
     assert sorted(p.name for p in publish.parent.iterdir()) == ["finetuned.pt"]  # one file, written once
 
 
+def test_a_run_that_fails_under_torchrun_says_why(tmp_path):
+    """/train on 2 cores runs under torchrun by default; a run that fails there must report its reason
+    (here a bad `train_modules`), not torchrun's trailer, and not an earlier job's error."""
+    from medsam2.training.launch import first_error, one_machine_command
+
+    save_nifti(make_phantom((32, 32, 8), seed=801), tmp_path / "image.nii.gz", tmp_path / "label.nii.gz")
+    (tmp_path / "job.error-1.json").write_text(json.dumps({"rank": 1, "time": 0, "message": "an earlier job's"}))
+    cfg = TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp_path / "out.pt", max_steps=3,
+                      clip_len=3, clips_per_step=2, train_modules="the decoder, please")
+    job = write_job(tmp_path / "job.json", cfg, [(tmp_path / "image.nii.gz", tmp_path / "label.nii.gz")], [])
+    cmd, env = one_machine_command(job, 2)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0
+    reason = first_error(job)
+    assert reason is not None and reason.startswith("ValueError") and "train_modules" in reason, reason
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_a_run_on_cpus_uses_one_process_per_thread_and_at_most_one_per_clip():
     """/train's default on a machine without GPUs (`cpu_processes` auto): 2 threads and 2 clips a step
     give 2 processes of one clip each; one thread (the suite's workers), or one clip, gives one process."""

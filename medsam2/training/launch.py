@@ -11,7 +11,8 @@ to publish, steps, ...) and the training and validation pairs as image/label fil
 rank reads itself (a shared folder on several nodes). torchrun sets RANK, WORLD_SIZE and the
 rendezvous; each rank trains with DDP (gradients averaged: the same weights on every rank after
 every step, checked at the end by a digest of each rank's weights), rank 0 validates and publishes
-the checkpoint, and writes `<job>.result.json` (history, Dice, digests, the published file). The
+the checkpoint, and writes `<job>.result.json` (history, Dice, digests, the published file); a rank
+that fails writes what ended it to `<job>.error-<rank>.json` (`first_error` reads them). The
 server's `/train` with `multi_gpu` writes such a job (`write_job`) and runs this command
 (apps/medsam2/lib/trainers/medsam2.py); by hand, any JSON with these keys works.
 """
@@ -23,6 +24,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +99,11 @@ def replay_pairs(cfg: TrainConfig):
 
 
 def write_job(path: Path, cfg: TrainConfig, train_files: list, val_files: list) -> Path:
-    """A job file for `torchrun ... -m medsam2.training.launch --job path`."""
+    """A job file for `torchrun ... -m medsam2.training.launch --job path`; the errors an earlier job of
+    that name recorded are removed."""
     path = Path(path)
+    for old in error_files(path):
+        old.unlink(missing_ok=True)
     path.write_text(json.dumps({"config": config_to_json(cfg), "train": [list(map(str, p)) for p in train_files],
                                 "val": [list(map(str, p)) for p in val_files]}, indent=1))
     return path
@@ -119,6 +124,30 @@ def read_pairs(files: list) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def result_path(job: Path) -> Path:
     return Path(job).with_suffix(".result.json")
+
+
+def error_files(job: Path) -> list[Path]:
+    return sorted(Path(job).parent.glob(f"{Path(job).stem}.error-*.json"))
+
+
+def record_error(job: Path, error: BaseException) -> None:
+    """What ended this rank, for the launcher to report (torchrun's own report ends with its elastic
+    agent's trailer, not the reason): `<job>.error-<rank>.json`."""
+    rank = int(os.environ.get("RANK", 0))
+    Path(job).with_suffix(f".error-{rank}.json").write_text(json.dumps(
+        {"rank": rank, "time": time.time(), "message": f"{type(error).__name__}: {error}"}))
+
+
+def first_error(job: Path) -> str | None:
+    """The message of the exception that ended a rank first (a rank that fails takes the others down
+    after it, with a communication error), or None where no rank recorded one."""
+    errors = []
+    for path in error_files(job):
+        try:
+            errors.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(errors, key=lambda e: e["time"])["message"] if errors else None
 
 
 def run(job: Path) -> TrainResult | None:
@@ -149,7 +178,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m medsam2.training.launch", description=__doc__.split("\n\n")[0])
     ap.add_argument("--job", type=Path, required=True, help="the job file (module docstring)")
     args = ap.parse_args(argv)
-    run(args.job)
+    try:
+        run(args.job)
+    except Exception as e:
+        record_error(args.job, e)
+        raise
     return 0
 
 

@@ -9,7 +9,8 @@ hippocampus labelled, without validation or time limit, for `--steps` steps. Bot
   threads and its share of the step's clips, as `/train` runs by default without GPUs.
 
 Seconds a step are timed from the history between step 5 and the last (the first steps carry one-off
-costs); `steps in 14 min` is what `/train`'s time limit holds at that rate.
+costs); `steps in 14 min` is what `/train`'s time limit holds at that rate. Peak memory is the most the
+run's processes used together (their PSS, sampled each second: shared pages counted once).
 
     python -m benchmarks.train_speed [--steps 60]
 
@@ -50,6 +51,25 @@ def write_volume(folder: Path) -> list[tuple[Path, Path]]:
     return [(image_path, label_path)]
 
 
+def tree_pss(pid: int) -> int:
+    """Bytes of memory the process and its descendants use (their PSS: pages shared between the ranks,
+    such as torch's libraries, counted once over all of them, not once per process)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
 def run(folder: Path, files, steps: int, processes: int) -> dict:
     """One run through launch.py (under torchrun when `processes` > 1): its history's step times."""
     from medsam2.training.launch import one_machine_command, result_path, write_job
@@ -58,13 +78,20 @@ def run(folder: Path, files, steps: int, processes: int) -> dict:
     job = write_job(folder / f"job_{processes}.json", cfg, files, [])
     cmd, env = one_machine_command(job, processes)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_pss(proc.pid))
+        time.sleep(1.0)
     wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
     history = json.loads(result_path(job).read_text())["history"]
     at = {entry["step"]: entry["elapsed_s"] for entry in history}
     per_step = (at[steps] - at[FIRST_TIMED_STEP]) / (steps - FIRST_TIMED_STEP)
     return {"processes": processes, "threads_each": int(env["OMP_NUM_THREADS"]), "s_per_step": round(per_step, 3),
-            "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(wall, 1)}
+            "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(wall, 1),
+            "peak_memory_gib": round(peak / 2**30, 2)}
 
 
 def main(argv=None) -> int:
@@ -86,9 +113,9 @@ def main(argv=None) -> int:
             rows["cpu_processes auto"] = run(folder, files, args.steps, auto)
     base = rows["one process"]["s_per_step"]
     print(f"{threads} threads; {args.steps} steps a run, timed from step {FIRST_TIMED_STEP}")
-    lines = [["run", "processes", "threads each", "s a step", "steps in 14 min", "speed-up"]]
+    lines = [["run", "processes", "threads each", "s a step", "steps in 14 min", "speed-up", "peak memory (GiB)"]]
     lines += [[name, str(r["processes"]), str(r["threads_each"]), f"{r['s_per_step']:.2f}", str(r["steps_in_limit"]),
-               f"{base / r['s_per_step']:.2f}x"] for name, r in rows.items()]
+               f"{base / r['s_per_step']:.2f}x", f"{r['peak_memory_gib']:.2f}"] for name, r in rows.items()]
     print(markdown_table(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"threads": threads, "steps": args.steps, "runs": rows}, indent=1))

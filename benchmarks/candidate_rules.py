@@ -25,7 +25,6 @@ Scored by the 3D Dice of the candidate each rule keeps.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections import defaultdict
@@ -36,6 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import (PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, click_point,  # noqa: E402
                                      markdown_table, real_sets, slice_candidates)
 from medsam2.clicks import interior_point  # noqa: E402
@@ -154,9 +154,7 @@ def main(argv=None) -> int:
         lines = [[f"{title}, mean", "clicks", *rules]]
         lines += [[name, str(len(by_set[name])), *(f"{table[title][name][r]:.3f}" for r in rules)] for name in by_set]
         print(markdown_table(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"checkpoint": args.checkpoint, "table": table, "clicks": by_set}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"checkpoint": args.checkpoint, "table": table, "clicks": by_set})
     return 0
 
 

@@ -73,6 +73,7 @@ if str(REPO) not in sys.path:  # `benchmarks` is a top-level folder, not an inst
 
 from benchmarks.annotators import (INFER_KINDS, InFlight, Outcome, evict_sessions, make_scenario,  # noqa: E402
                                    run_alone, run_together)
+from benchmarks.results import write_results  # noqa: E402
 from benchmarks.server import launch_server, stop_server, wait_for_task  # noqa: E402
 from medsam2.checkpoints import resolve_spec  # noqa: E402
 
@@ -560,9 +561,7 @@ def main(argv=None) -> int:
     }
     print(table(report))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
-    print(f"wrote {out}")
+    write_results(out, report, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
     if tmp is not None:
         tmp.cleanup()
     return 0 if report["ok"] else 1

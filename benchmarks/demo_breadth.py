@@ -25,7 +25,6 @@ Prints one table and writes bench-results/demo_breadth.json. About 3 minutes per
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.clicks import interior_point, largest_slice  # noqa: E402
 from medsam2.evaluation.metrics import dice  # noqa: E402
 
@@ -228,9 +228,7 @@ def main(argv=None) -> int:
         for structure in structures:
             lines.append([f"  {structure}", *(f"{results[n]['real'][set_name][structure]:.3f}" for n in names)])
     print(markdown_table(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(f"written: {args.out}")
+    write_results(args.out, results)
     return 0
 
 

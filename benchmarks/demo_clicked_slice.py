@@ -32,13 +32,14 @@ published weights (WORK/TRY.pt) can then be compared with
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.results import write_results  # noqa: E402
 
 SHIPPED = REPO / "model" / "demo" / "medsam2_demo.pt"
 DECODER = ("sam_prompt_encoder.", "sam_mask_decoder.")
@@ -104,9 +105,7 @@ def main(argv=None) -> int:
     for name, row in results.items():
         history = " ".join(f"{d:.3f}" for d in [row["initial"]] + [d for _, d in row["validation"]])
         print(f"| {name} | {history} | {'yes' if row['published'] else 'no'} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
     return 0
 
 

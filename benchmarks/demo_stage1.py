@@ -35,7 +35,6 @@ reused when present, so that stage 2 can start from them
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import (PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, click_point, clicked_slice,  # noqa: E402
                                      markdown_table)
 from medsam2.clicks import interior_point  # noqa: E402
@@ -166,9 +166,7 @@ def main(argv=None) -> int:
                        ("organ_size_ratio", "  predicted / true size"), ("vessel_marked", "  the vessel marked")):
         lines.append([title, *(f"{results[n]['off_slice'][key]:.2f}" for n in names)])
     print(markdown_table(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(f"written: {args.out}")
+    write_results(args.out, results)
     return 0
 
 

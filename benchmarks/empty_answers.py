@@ -15,7 +15,6 @@ minute a checkpoint on 2 cores; writes bench-results/empty_answers.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import click_point, markdown_table  # noqa: E402
 from benchmarks.field_of_view import segmenter_for  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
@@ -77,9 +77,7 @@ def main(argv=None) -> int:
                    f"{r['slices_with_object']:.2f}", str(r["voxels_marked"]), "yes" if r["clicked_voxel_marked"] else "no"]
                   for name, r in rows.items()]
     print(markdown_table(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import torch
 
 from medsam2.checkpoints import ModelSpec, build_model
+
+from benchmarks.results import write_results
 
 VARIANTS = ("fp32", "bf16", "compile-fp32", "compile-bf16", "int8")
 
@@ -103,9 +104,7 @@ def main(argv=None) -> None:
               "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),  # bf16 units: bf16 pays off
               "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_results(out, result)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from medsam2 import evaluate
 
+from benchmarks.results import write_results
+
 SETS = {  # name -> the evaluate command that writes it
     "phantoms": ["make-phantoms", "--count", "10"],
     "twins": ["make-memory-phantoms", "--kind", "twins", "--count", "8"],
@@ -54,6 +56,5 @@ def report(lines: list[list[str]], rows: list[dict], out: Path, checkpoint: str,
     """Print the table (`lines`, the head first) and write the rows as JSON to `out`."""
     widths = [max(len(line[c]) for line in lines) for c in range(len(lines[0]))]
     print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": checkpoint, "workdir": str(work), "rows": rows}, indent=1) + "\n")
-    print(f"\nwrote {out} (per-case results in {work / 'results'})")
+    write_results(out, {"checkpoint": checkpoint, "workdir": str(work), "rows": rows},
+                  note=f" (per-case results in {work / 'results'})")

@@ -27,7 +27,6 @@ on 2 cores; a model already in --work is reused.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
 TRAINED = ("Caudate_L", "Putamen_L", "Thalamus_L", "Hippocampus_L")
@@ -141,11 +141,8 @@ def main(argv=None) -> int:
     width = max(len(r[0]) for r in rows)
     for r in rows:
         print(f"{r[0]:<{width}}  " + "  ".join(f"{c:>16}" for c in r[1:]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"training_runs": runs, "results": results,
-                                    "groups": {"trained": trained, "counterparts": counterparts, "never": never}},
-                                   indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"training_runs": runs, "results": results,
+                             "groups": {"trained": trained, "counterparts": counterparts, "never": never}})
     return 0
 
 

@@ -23,6 +23,7 @@ Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's st
   (benchmarks/forgetting.py, docs/training.md).
 
     python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
+        [--steps 1000] [--minutes 14] [--processes 1]
 
 About 11 minutes a recipe on 2 cores plus a minute of clicks; a model already in --work, made from the
 same demo model, is reused.
@@ -43,8 +44,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import click_breakdown, click_point  # noqa: E402
-from benchmarks.field_of_view import TRAINED, segmenter_for, train_model  # noqa: E402
+from benchmarks.field_of_view import TRAINED, default_config, segmenter_for, train_model, trained_label  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
 RECIPES = {
@@ -58,24 +60,52 @@ RECIPES = {
 }
 
 
-def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict) -> dict:
+def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict, minutes: float | None = 14.0,
+                 processes: int = 1) -> dict:
+    """One run of `recipe`: in this process, or as `/train` runs it on a machine without GPUs (`processes`
+    gloo ranks under torchrun, launch.one_machine_command); `minutes`: the time limit (None: none)."""
     from medsam2.training.prompt_sim import PromptSettings
 
-    return train_model(volume, out, steps, windows=False, prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]),
-                       memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"))
+    settings = dict(prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]), max_minutes=minutes,
+                    memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"))
+    if processes == 1:
+        return train_model(volume, out, steps, windows=False, **settings)
+    return train_in_processes(volume, out, steps, processes, **settings)
 
 
-def recipe_models(recipes, work: Path, train) -> tuple[dict[str, Path], dict[str, dict]]:
+def train_in_processes(volume: real_data.RealVolume, out: Path, steps: int, processes: int, **overrides) -> dict:
+    """`/train`'s path: the trained structures of `volume` as files, a job, torchrun with `processes` ranks."""
+    import subprocess
+    import tempfile
+
+    import nibabel as nib
+
+    from medsam2.training.launch import one_machine_command, result_path, write_job
+
+    with tempfile.TemporaryDirectory() as tmp:
+        image, label = Path(tmp) / "image.nii.gz", Path(tmp) / "label.nii.gz"
+        nib.save(nib.Nifti1Image(volume.image.astype(np.float32), np.eye(4)), image)
+        nib.save(nib.Nifti1Image(trained_label(volume).astype(np.int16), np.eye(4)), label)
+        job = write_job(Path(tmp) / "job.json", default_config(out, steps, **overrides), [(image, label)], [])
+        cmd, env = one_machine_command(job, processes)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, cwd=REPO)
+        result = json.loads(result_path(job).read_text())
+    return {"steps": result["steps"], "seconds": round(time.perf_counter() - t0, 1), "processes": processes,
+            "planned_steps": result["chosen"].get("planned_steps")}
+
+
+def recipe_models(recipes, work: Path, train, tag: str = "") -> tuple[dict[str, Path], dict[str, dict]]:
     """The demo model and one fine-tuned checkpoint per recipe, made by `train(name, path)` where not
     there yet (benchmarks/forgetting.py uses it too): the paths by name, and the runs made. They are kept
     in `work`/<the demo model's sha256, first 8>/, so that a new demo model never reuses runs made from
-    the one before it."""
+    the one before it; `tag` ends their file names (runs of other lengths)."""
     demo = REPO / "model" / "demo" / "medsam2_demo.pt"
     paths, runs = {"demo": demo}, {}
     folder = work / hashlib.sha256(demo.read_bytes()).hexdigest()[:8]
     folder.mkdir(parents=True, exist_ok=True)
     for name in recipes:
-        paths[name] = folder / f"{name}.pt"
+        paths[name] = folder / f"{name}{tag}.pt"
         if not paths[name].exists():
             runs[name] = train(name, paths[name])
     return paths, runs
@@ -95,13 +125,18 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--work", type=Path, default=REPO / "bench-results" / "fine_tune_tracking")
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--minutes", type=float, default=14.0, help="each run's time limit, as /train's; 0: none")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="gloo ranks under torchrun, as /train runs without GPUs (default: one process)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "fine_tune_tracking.json")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     colin = real_data.colin27()
     trained = [colin.structures[n] for n in TRAINED]
-    paths, runs = recipe_models(args.recipes, args.work,
-                                lambda name, path: train_recipe(colin, path, args.steps, RECIPES[name]))
+    tag = "" if (args.steps, args.minutes, args.processes) == (1000, 14.0, 1) else \
+        f"-{args.steps}steps-{args.minutes:g}min-{args.processes}p"
+    paths, runs = recipe_models(args.recipes, args.work, lambda name, path: train_recipe(
+        colin, path, args.steps, RECIPES[name], args.minutes or None, args.processes), tag)
     results = {}
     for name, path in paths.items():
         t0 = time.perf_counter()
@@ -118,10 +153,8 @@ def main(argv=None) -> int:
         for group, members in groups.items():
             means = [np.mean([rows[m][k] for m in members]) for k in measures]
             print(f"| {recipe} | {group} | " + " | ".join(f"{v:.2f}" for v in means) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"recipes": {r: RECIPES[r] for r in args.recipes}, "training_runs": runs,
-                                    "groups": groups, "results": results}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"recipes": {r: RECIPES[r] for r in args.recipes}, "training_runs": runs,
+                             "groups": groups, "results": results})
     return 0
 
 

@@ -39,6 +39,8 @@ import numpy as np
 from medsam2.evaluation.metrics import dice
 from medsam2.stock import make_case
 
+from benchmarks.results import write_results
+
 REPO = Path(__file__).resolve().parent.parent
 ENGINES = {  # path -> (encoder_runtime, encoder_precision, Segmenter precision)
     "engine-defaults": ("auto", "auto", "auto"),  # what the server does by default on this machine
@@ -243,9 +245,7 @@ def main(argv=None) -> int:
         report["volumes"].append({"shape_ijk": list(shape), "click_ijk": fg, "background_click_ijk": bg,
                                   "results": results, "table": text})
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    write_results(out, report, default=str)
     return 0
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import click_point  # noqa: E402
 from benchmarks.fine_tune_tracking import recipe_models  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
@@ -222,11 +222,8 @@ def main(argv=None) -> int:
             spread[recipe] = {c: max(r[c] for r in rows) - min(r[c] for r in rows) for c in COLUMNS + ("drift",)}
             print(f"| {recipe}: spread over seeds {args.seeds} | "
                   + " | ".join(f"{spread[recipe][c]:.3f}" for c in COLUMNS) + f" | {spread[recipe]['drift']:.4f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"recipes": {r: RECIPES[r] for r in args.recipes}, "steps": args.steps,
-                                    "seeds": args.seeds, "training_runs": runs, "results": results,
-                                    "spread": spread}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"recipes": {r: RECIPES[r] for r in args.recipes}, "steps": args.steps,
+                             "seeds": args.seeds, "training_runs": runs, "results": results, "spread": spread})
     return 0
 
 

@@ -35,6 +35,7 @@ import nibabel as nib
 import numpy as np
 import requests
 
+from benchmarks.results import write_results
 from benchmarks.server import launch_server, stop_server, wait_for_task
 from medsam2.clicks import interior_point, largest_slice
 from medsam2.evaluation import real_data
@@ -118,8 +119,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"learning-{n}-") as tmp:
             runs[n] = run_count(n, vols, Path(tmp), args.steps)
         print(json.dumps({"count": n, **runs[n]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({str(n): r for n, r in runs.items()}, indent=2))
+    write_results(args.out, {str(n): r for n, r in runs.items()})
     print(table(runs))
     return 0
 

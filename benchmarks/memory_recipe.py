@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from medsam2 import demo_model  # noqa: E402
 from medsam2.training.loop import train  # noqa: E402
 
@@ -105,9 +106,7 @@ def main(argv=None) -> int:
                        f"{r['distance']:.2f} ({r['uniform_distance']:.2f})"] for r in rows]
     widths = [max(len(str(line[c])) for line in lines) for c in range(len(head))]
     print("\n" + "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"stage1_minutes": round(stage1_s / 60, 1), "rows": rows}, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    write_results(args.out, {"stage1_minutes": round(stage1_s / 60, 1), "rows": rows})
     return 0
 
 

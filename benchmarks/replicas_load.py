@@ -30,6 +30,7 @@ from pathlib import Path
 import requests
 
 from benchmarks.server import launch_replicas, stop_server
+from benchmarks.results import write_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,9 +159,7 @@ def main(argv=None) -> int:
         print(f"| {n} | {r['requests']} | {r['errors']} | {r['p50_s']} | {r['p95_s']} | {r['equal_to_alone']}/"
               f"{r['requests'] - r['errors']} | {r['corrective_found_encoded']:.0%} | {r['per_replica']} | {r['wall_s']} |")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1, default=str))
-    print(f"wrote {out}")
+    write_results(out, {"args": vars(args), "results": results}, default=str)
     bad = any(r["errors"] or r["equal_to_alone"] != r["requests"] for r in results.values())
     return 1 if bad else 0
 

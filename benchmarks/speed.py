@@ -76,6 +76,8 @@ import numpy as np
 from medsam2.evaluation.metrics import dice
 from medsam2.stock import build_stock_predictor, make_case, stock_propagate, stock_track, write_jpegs
 
+from benchmarks.results import write_results
+
 REPO = Path(__file__).resolve().parent.parent
 WARMUP_SLICES = 40
 PATHS = ("stock", "monailabel", "plain", "engine", "engine-graphs", "engine-offload")
@@ -592,9 +594,7 @@ def main(argv=None) -> int:
         "results": results, "table": table,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    write_results(out, report, default=str)
     if not args.keep:
         import shutil
 

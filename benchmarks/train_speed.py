@@ -32,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import markdown_table  # noqa: E402
 from benchmarks.field_of_view import default_config, trained_label  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
@@ -117,9 +118,7 @@ def main(argv=None) -> int:
     lines += [[name, str(r["processes"]), str(r["threads_each"]), f"{r['s_per_step']:.2f}", str(r["steps_in_limit"]),
                f"{base / r['s_per_step']:.2f}x", f"{r['peak_memory_gib']:.2f}"] for name, r in rows.items()]
     print(markdown_table(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": threads, "steps": args.steps, "runs": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"threads": threads, "steps": args.steps, "runs": rows})
     return 0
 
 

@@ -340,7 +340,7 @@ def test_the_default_run_starts_from_the_served_model_and_trains_as_it_is_served
                      preprocess=Preprocess(uint8=True, resize="pil_bicubic"))
     cfg = default_run(spec, tmp_path / "out.pt")
     assert (cfg.init_checkpoint, cfg.image_size, cfg.preprocess) == (spec.checkpoint, 64, spec.preprocess)
-    assert (cfg.max_steps, cfg.max_minutes, cfg.clips_per_step) == (1000, 14.0, 2)
+    assert (cfg.max_steps, cfg.max_minutes, cfg.clips_per_step) == (2000, 14.0, 2)
     assert cfg.field_of_view == "off" and cfg.augment.p_window == 0
     windowed = default_run(spec, tmp_path / "out.pt", "auto", max_steps=50, max_minutes=None)
     assert windowed.field_of_view == "auto" and windowed.augment.p_window == 0.5

@@ -21,8 +21,6 @@ Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's st
 - `true_memory+memory_lr+frozen_encoder`: that default with the image encoder frozen (`/train
   {"train_modules": "no_image_encoder"}`), which found the never-labelled lung more often
   (benchmarks/forgetting.py, docs/training.md).
-- `true_memory+memory_lr+click_weighted`: that default with the one-click case weighted up: the IoU
-  head's loss 5 times heavier, clicks on 70 % of the prompted slices (boxes 20 %).
 
     python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
         [--steps 1000] [--minutes 14] [--processes 1] [--seed 0]
@@ -59,11 +57,6 @@ RECIPES = {
     # /train's default with the image encoder frozen (train_modules no_image_encoder; benchmarks/forgetting.py)
     "true_memory+memory_lr+frozen_encoder": {"p_true_memory": 0.5, "memory_lr_scale": 3.0,
                                              "train_modules": "no_image_encoder"},
-    # that default with the one-click case weighted up, where its answers are lost on the clicked slice
-    # (SAM 2's pick 0.15 below its best candidate): the IoU head's loss 5 times heavier, and boxes on 20 %
-    # of the prompted slices instead of 50 % (clicks 70 % instead of 40 %)
-    "true_memory+memory_lr+click_weighted": {"p_true_memory": 0.5, "memory_lr_scale": 3.0, "iou_weight": 5.0,
-                                             "p_box": 0.2},
 }
 
 
@@ -71,12 +64,9 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
                  processes: int = 1, seed: int = 0) -> dict:
     """One run of `recipe`: in this process, or as `/train` runs it on a machine without GPUs (`processes`
     gloo ranks under torchrun, launch.one_machine_command); `minutes`: the time limit (None: none)."""
-    from medsam2.training.objective import LossWeights
     from medsam2.training.prompt_sim import PromptSettings
 
-    prompts = PromptSettings(p_true_memory=recipe["p_true_memory"], p_box=recipe.get("p_box", PromptSettings.p_box))
-    settings = dict(prompts=prompts, max_minutes=minutes, seed=seed,
-                    weights=LossWeights(iou=recipe.get("iou_weight", 1.0)),
+    settings = dict(prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]), max_minutes=minutes, seed=seed,
                     memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"))
     if processes == 1:
         return train_model(volume, out, steps, windows=False, **settings)

@@ -35,9 +35,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import (PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, click_point,  # noqa: E402
                                      markdown_table, real_sets, slice_candidates)
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.clicks import interior_point  # noqa: E402
 from medsam2.evaluation.metrics import dice  # noqa: E402
 

@@ -44,9 +44,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import (PHANTOM_SEEDS, PHANTOM_SHAPES, TWIN_SEEDS, click_point, clicked_slice,  # noqa: E402
                                      markdown_table)
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.clicks import interior_point  # noqa: E402
 from medsam2.evaluation.runner import quiet_propagation  # noqa: E402
 

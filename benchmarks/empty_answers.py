@@ -23,9 +23,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import click_point, markdown_table  # noqa: E402
 from benchmarks.field_of_view import segmenter_for  # noqa: E402
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 from medsam2.evaluation.metrics import dice  # noqa: E402
 

@@ -53,6 +53,17 @@ def trained_label(volume: real_data.RealVolume) -> np.ndarray:
     return np.where(np.isin(volume.label, keep), volume.label, 0)
 
 
+def write_trained_volume(volume: real_data.RealVolume, folder: Path) -> list[tuple[Path, Path]]:
+    """`volume` and its TRAINED structures as NIfTI files in `folder`: the (image, label) pairs of a
+    training job (training/launch.write_job), as `/train` reads saved labels."""
+    import nibabel as nib
+
+    image_path, label_path = folder / "image.nii.gz", folder / "label.nii.gz"
+    nib.save(nib.Nifti1Image(volume.image.astype(np.float32), np.eye(4)), image_path)
+    nib.save(nib.Nifti1Image(trained_label(volume).astype(np.int16), np.eye(4)), label_path)
+    return [(image_path, label_path)]
+
+
 def default_config(out: Path, steps: int, field_of_view: str = "off", **overrides):
     """`/train`'s default TrainConfig (medsam2/training/defaults.py) from the demo model, for `steps` steps,
     as `/train` runs it with the server's field of view `field_of_view`, with `overrides` (other

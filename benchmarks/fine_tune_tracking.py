@@ -44,9 +44,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import click_breakdown, click_point  # noqa: E402
-from benchmarks.field_of_view import TRAINED, default_config, segmenter_for, train_model, trained_label  # noqa: E402
+from benchmarks.field_of_view import (TRAINED, default_config, segmenter_for, train_model,  # noqa: E402
+                                     write_trained_volume)
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
 RECIPES = {
@@ -78,15 +79,11 @@ def train_in_processes(volume: real_data.RealVolume, out: Path, steps: int, proc
     import subprocess
     import tempfile
 
-    import nibabel as nib
-
     from medsam2.training.launch import one_machine_command, result_path, write_job
 
     with tempfile.TemporaryDirectory() as tmp:
-        image, label = Path(tmp) / "image.nii.gz", Path(tmp) / "label.nii.gz"
-        nib.save(nib.Nifti1Image(volume.image.astype(np.float32), np.eye(4)), image)
-        nib.save(nib.Nifti1Image(trained_label(volume).astype(np.int16), np.eye(4)), label)
-        job = write_job(Path(tmp) / "job.json", default_config(out, steps, **overrides), [(image, label)], [])
+        files = write_trained_volume(volume, Path(tmp))
+        job = write_job(Path(tmp) / "job.json", default_config(out, steps, **overrides), files, [])
         cmd, env = one_machine_command(job, processes)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, cwd=REPO)

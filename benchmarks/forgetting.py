@@ -52,9 +52,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import click_point  # noqa: E402
 from benchmarks.fine_tune_tracking import recipe_models  # noqa: E402
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 from medsam2.evaluation.metrics import dice  # noqa: E402
 

@@ -27,29 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.results import write_results  # noqa: E402
 from benchmarks.demo_breadth import markdown_table  # noqa: E402
-from benchmarks.field_of_view import default_config, trained_label  # noqa: E402
+from benchmarks.field_of_view import default_config, write_trained_volume  # noqa: E402
+from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
 FIRST_TIMED_STEP = 5
 LIMIT_MINUTES = 14
-
-
-def write_volume(folder: Path) -> list[tuple[Path, Path]]:
-    """Colin27 and its trained structures as NIfTI files, for the job file."""
-    import nibabel as nib
-
-    colin = real_data.colin27()
-    image_path, label_path = folder / "colin27.nii.gz", folder / "colin27_label.nii.gz"
-    nib.save(nib.Nifti1Image(colin.image.astype(np.float32), np.eye(4)), image_path)
-    nib.save(nib.Nifti1Image(trained_label(colin).astype(np.int16), np.eye(4)), label_path)
-    return [(image_path, label_path)]
 
 
 def tree_pss(pid: int) -> int:
@@ -108,7 +95,7 @@ def main(argv=None) -> int:
     auto = cpu_processes(2, threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        files = write_volume(folder)
+        files = write_trained_volume(real_data.colin27(), folder)
         rows = {"one process": run(folder, files, args.steps, 1)}
         if auto > 1:
             rows["cpu_processes auto"] = run(folder, files, args.steps, auto)

@@ -187,15 +187,14 @@ class MedSam2Trainer(TrainTask):
         trn_files = [f for f, v in zip(files, is_val) if not v]
 
         current = self.provider.current_spec()
+        # the request's values of DEFAULT_RUN's fields, as the defaults' types (max_minutes 0 or null: no
+        # limit); default_run fills in the others
+        asked = {k: type(v)(request[k]) for k, v in DEFAULT_RUN.items() if k in request and k != "max_minutes"}
+        if "max_minutes" in request:
+            asked["max_minutes"] = float(request["max_minutes"] or 0) or None
         # from the weights being served, with the field of view they are served with (training/defaults.py)
         cfg = self._check(default_run(
-            current, self.provider.finetuned_path, self.provider.settings.field_of_view,
-            max_steps=int(request.get("max_steps", DEFAULT_RUN["max_steps"])),
-            max_minutes=float(request.get("max_minutes", DEFAULT_RUN["max_minutes"]) or 0) or None,
-            clip_len=int(request.get("clip_len", DEFAULT_RUN["clip_len"])),
-            max_objects=int(request.get("max_objects", DEFAULT_RUN["max_objects"])),
-            clips_per_step=int(request.get("clips_per_step", DEFAULT_RUN["clips_per_step"])),
-            val_every=int(request.get("val_every", DEFAULT_RUN["val_every"])),
+            current, self.provider.finetuned_path, self.provider.settings.field_of_view, **asked,
             lr=float(request["lr"]) if request.get("lr") else None,
             train_modules=str(request.get("train_modules", "auto")),
             seed=int(request.get("seed", 0)),

@@ -27,8 +27,10 @@ on 2 cores; a model already in --work is reused.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,37 @@ def write_trained_volume(volume: real_data.RealVolume, folder: Path) -> list[tup
     nib.save(nib.Nifti1Image(volume.image.astype(np.float32), np.eye(4)), image_path)
     nib.save(nib.Nifti1Image(trained_label(volume).astype(np.int16), np.eye(4)), label_path)
     return [(image_path, label_path)]
+
+
+@dataclass
+class JobRun:
+    """What a run through launch.py gave."""
+
+    result: dict  # the run's result file (launch.result_path): steps, history, chosen settings
+    seconds: float  # its wall time, start-up included
+    threads_each: int  # OMP_NUM_THREADS of each process
+
+
+def run_job(cfg, files, folder: Path, processes: int, each_second=None, quiet: bool = False) -> JobRun:
+    """`cfg` on `files` as `/train` runs it on a machine without GPUs: a job in `folder`, then
+    launch.py (under torchrun when `processes` > 1). `each_second(pid)` is called every second while it
+    runs; `quiet`: the run's output is dropped."""
+    import subprocess
+
+    from medsam2.training.launch import one_machine_command, result_path, write_job
+
+    job = write_job(folder / f"job_{processes}.json", cfg, files, [])
+    cmd, env = one_machine_command(job, processes)
+    t0 = time.perf_counter()
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=out)
+    while proc.poll() is None:
+        if each_second:
+            each_second(proc.pid)
+        time.sleep(1.0)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return JobRun(json.loads(result_path(job).read_text()), time.perf_counter() - t0, int(env["OMP_NUM_THREADS"]))
 
 
 def default_config(out: Path, steps: int, field_of_view: str = "off", **overrides):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.demo_breadth import click_breakdown, click_point  # noqa: E402
-from benchmarks.field_of_view import (TRAINED, default_config, segmenter_for, train_model,  # noqa: E402
+from benchmarks.field_of_view import (TRAINED, default_config, run_job, segmenter_for, train_model,  # noqa: E402
                                      write_trained_volume)
 from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
@@ -76,20 +75,13 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
 
 def train_in_processes(volume: real_data.RealVolume, out: Path, steps: int, processes: int, **overrides) -> dict:
     """`/train`'s path: the trained structures of `volume` as files, a job, torchrun with `processes` ranks."""
-    import subprocess
     import tempfile
-
-    from medsam2.training.launch import one_machine_command, result_path, write_job
 
     with tempfile.TemporaryDirectory() as tmp:
         files = write_trained_volume(volume, Path(tmp))
-        job = write_job(Path(tmp) / "job.json", default_config(out, steps, **overrides), files, [])
-        cmd, env = one_machine_command(job, processes)
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, cwd=REPO)
-        result = json.loads(result_path(job).read_text())
-    return {"steps": result["steps"], "seconds": round(time.perf_counter() - t0, 1), "processes": processes,
-            "planned_steps": result["chosen"].get("planned_steps")}
+        run = run_job(default_config(out, steps, **overrides), files, Path(tmp), processes)
+    return {"steps": run.result["steps"], "seconds": round(run.seconds, 1), "processes": processes,
+            "planned_steps": run.result["chosen"].get("planned_steps")}
 
 
 def recipe_models(recipes, work: Path, train, tag: str = "") -> tuple[dict[str, Path], dict[str, dict]]:

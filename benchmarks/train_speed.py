@@ -20,18 +20,15 @@ About 3 minutes on 2 cores. Prints a table and writes bench-results/train_speed.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.demo_breadth import markdown_table  # noqa: E402
-from benchmarks.field_of_view import default_config, write_trained_volume  # noqa: E402
+from benchmarks.field_of_view import default_config, run_job, write_trained_volume  # noqa: E402
 from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
@@ -60,25 +57,19 @@ def tree_pss(pid: int) -> int:
 
 def run(folder: Path, files, steps: int, processes: int) -> dict:
     """One run through launch.py (under torchrun when `processes` > 1): its history's step times."""
-    from medsam2.training.launch import one_machine_command, result_path, write_job
+    peak = 0
+
+    def sample(pid: int):
+        nonlocal peak
+        peak = max(peak, tree_pss(pid))
 
     cfg = default_config(folder / f"out_{processes}.pt", steps, max_minutes=None)
-    job = write_job(folder / f"job_{processes}.json", cfg, files, [])
-    cmd, env = one_machine_command(job, processes)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_pss(proc.pid))
-        time.sleep(1.0)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-    history = json.loads(result_path(job).read_text())["history"]
+    run = run_job(cfg, files, folder, processes, each_second=sample, quiet=True)
+    history = run.result["history"]
     at = {entry["step"]: entry["elapsed_s"] for entry in history}
     per_step = (at[steps] - at[FIRST_TIMED_STEP]) / (steps - FIRST_TIMED_STEP)
-    return {"processes": processes, "threads_each": int(env["OMP_NUM_THREADS"]), "s_per_step": round(per_step, 3),
-            "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(wall, 1),
+    return {"processes": processes, "threads_each": run.threads_each, "s_per_step": round(per_step, 3),
+            "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(run.seconds, 1),
             "peak_memory_gib": round(peak / 2**30, 2)}
 
 

@@ -139,7 +139,7 @@ def test_bad_labelmaps_get_a_clear_4xx_and_nothing_is_stored(server, truth, affi
     labelmap = np.zeros(truth.shape, np.uint8)
     k = middle_slice(truth == 1)
     labelmap[:, :, k][truth[:, :, k] == 1] = 1
-    params, aff, selected = {"label_info": INFO, "selected_label_name": "organ"}, affine, "organ"
+    params, aff = {"label_info": INFO, "selected_label_name": "organ"}, affine
     if case == "other shape":
         labelmap = labelmap[:, :, :-1]
     elif case == "elsewhere in space":

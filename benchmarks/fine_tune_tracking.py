@@ -23,7 +23,7 @@ Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's st
   (benchmarks/forgetting.py, docs/training.md).
 
     python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
-        [--steps 1000] [--minutes 14] [--processes 1] [--seed 0]
+        [--steps 1000] [--minutes 14] [--processes 1] [--seed 0] [--lr 3e-4]
 
 About 11 minutes a recipe on 2 cores plus a minute of clicks; a model already in --work, made from the
 same demo model, is reused.
@@ -61,13 +61,14 @@ RECIPES = {
 
 
 def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict, minutes: float | None = 14.0,
-                 processes: int = 1, seed: int = 0) -> dict:
+                 processes: int = 1, seed: int = 0, lr: float | None = None) -> dict:
     """One run of `recipe`: in this process, or as `/train` runs it on a machine without GPUs (`processes`
-    gloo ranks under torchrun, launch.one_machine_command); `minutes`: the time limit (None: none)."""
+    gloo ranks under torchrun, launch.one_machine_command); `minutes`: the time limit (None: none); `lr`:
+    the peak learning rate (None: the model's default, training/loop.default_lr)."""
     from medsam2.training.prompt_sim import PromptSettings
 
     settings = dict(prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]), max_minutes=minutes, seed=seed,
-                    memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"))
+                    memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"), lr=lr)
     if processes == 1:
         return train_model(volume, out, steps, windows=False, **settings)
     return train_in_processes(volume, out, steps, processes, **settings)
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, default=1,
                     help="gloo ranks under torchrun, as /train runs without GPUs (default: one process)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, help="the peak learning rate (default: the model's, as /train's)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "fine_tune_tracking.json")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -125,8 +127,9 @@ def main(argv=None) -> int:
     trained = [colin.structures[n] for n in TRAINED]
     tag = "" if (args.steps, args.minutes, args.processes, args.seed) == (1000, 14.0, 1, 0) else \
         f"-{args.steps}steps-{args.minutes:g}min-{args.processes}p" + (f"-seed{args.seed}" if args.seed else "")
+    tag += f"-lr{args.lr:g}" if args.lr else ""
     paths, runs = recipe_models(args.recipes, args.work, lambda name, path: train_recipe(
-        colin, path, args.steps, RECIPES[name], args.minutes or None, args.processes, args.seed), tag)
+        colin, path, args.steps, RECIPES[name], args.minutes or None, args.processes, args.seed, args.lr), tag)
     results = {}
     for name, path in paths.items():
         t0 = time.perf_counter()

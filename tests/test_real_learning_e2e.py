@@ -9,7 +9,8 @@ Which lung a 300-step run finds is a draw, and so are its bars. The same run out
 the right lung 0.66, 0.30, 0.84, 0.63, 0.78 and 0.70 over seeds 0-5, the left lung 0.70-0.90
 (docs/training.md, "Which lung: three seeds"). Through the server, seed 0 gave the right lung 0.36
 on the CI's machine (2026-12-07) where it passed here: another CPU rounds differently, and over 300
-steps that is another draw. The bars are set below every run measured: the right lung gains more than
+steps that is another draw (PyTorch's AVX2 kernels in place of AVX-512 took seed 3's right lung from
+0.63 to 0.36 here; the same run repeated gave 0.63 again). The bars are set below every run measured: the right lung gains more than
 0.2, the left lung is above 0.6. Without fine-tuning nothing is gained and the test fails.
 The run is pinned to one process (`cpu_processes` 1) and has no time limit, so that it is the same run
 wherever its CPU's rounding allows. The CT comes from a registry package

@@ -5,15 +5,15 @@ The demo model knows phantoms only: before, a click in either lung gives nothing
 With the mirror augmentation off (`Augment.p_flip` 0) the same run learned the left lung only (right
 lung 0.001, left 0.92) and this test failed: docs/training.md.
 
-Which lung a 300-step run finds is a draw, and so are its bars. The same run outside the server gave
-the right lung 0.66, 0.30, 0.84, 0.63, 0.78 and 0.70 over seeds 0-5, the left lung 0.70-0.90
-(docs/training.md, "Which lung: three seeds"). Through the server, seed 0 gave the right lung 0.36
-on the CI's machine (2026-12-07) where it passed here: another CPU rounds differently, and over 300
-steps that is another draw (PyTorch's AVX2 kernels in place of AVX-512 took seed 3's right lung from
-0.63 to 0.36 here; the same run repeated gave 0.63 again). The bars are set below every run measured: the right lung gains more than
-0.2, the left lung is above 0.6. Without fine-tuning nothing is gained and the test fails.
-The run is pinned to one process (`cpu_processes` 1) and has no time limit, so that it is the same run
-wherever its CPU's rounding allows. The CT comes from a registry package
+How well a 300-step run finds the right lung is a draw. The same run outside the server gave it
+0.66, 0.30, 0.84, 0.63, 0.78 and 0.70 over seeds 0-5, and the left lung 0.70-0.90 (docs/training.md,
+"Which lung: three seeds"). Through the server, seed 0 passed here and gave the right lung 0.36 on the
+CI's machine (2026-12-07): another CPU rounds differently, and over 300 steps that is another draw
+(PyTorch's AVX2 kernels in place of AVX-512 took seed 3's right lung from 0.63 to 0.36 here; the same
+run repeated gave 0.63 again). So the bars sit below every run measured: the right lung gains more
+than 0.2 and the left lung is above 0.6. Without fine-tuning nothing is gained and the test fails.
+The run is pinned to one process (`cpu_processes` 1) and has no time limit, so that it is the same
+run wherever the CPU rounds the same. The CT comes from a registry package
 (medsam2/evaluation/real_data.py), cached; skipped with the reason where it cannot be fetched.
 """
 

@@ -21,6 +21,7 @@ Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's st
 - `true_memory+memory_lr+frozen_encoder`: that default with the image encoder frozen (`/train
   {"train_modules": "no_image_encoder"}`), which found the never-labelled lung more often
   (benchmarks/forgetting.py, docs/training.md).
+- `true_memory+memory_lr+iou5`: that default with the IoU head's loss weighted 5 (`LossWeights.iou`).
 
     python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
         [--steps 1000] [--minutes 14] [--processes 1] [--seed 0] [--lr 3e-4]
@@ -57,6 +58,9 @@ RECIPES = {
     # /train's default with the image encoder frozen (train_modules no_image_encoder; benchmarks/forgetting.py)
     "true_memory+memory_lr+frozen_encoder": {"p_true_memory": 0.5, "memory_lr_scale": 3.0,
                                              "train_modules": "no_image_encoder"},
+    # /train's default with the IoU head's loss 5 times heavier (LossWeights.iou): in runs that a time limit
+    # shortens, SAM 2's pick on the clicked slice lags its best candidate (docs/training.md)
+    "true_memory+memory_lr+iou5": {"p_true_memory": 0.5, "memory_lr_scale": 3.0, "iou_weight": 5.0},
 }
 
 
@@ -65,10 +69,12 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     """One run of `recipe`: in this process, or as `/train` runs it on a machine without GPUs (`processes`
     gloo ranks under torchrun, launch.one_machine_command); `minutes`: the time limit (None: none); `lr`:
     the peak learning rate (None: the model's default, training/loop.default_lr)."""
+    from medsam2.training.objective import LossWeights
     from medsam2.training.prompt_sim import PromptSettings
 
     settings = dict(prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]), max_minutes=minutes, seed=seed,
-                    memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"), lr=lr)
+                    memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"), lr=lr,
+                    weights=LossWeights(iou=recipe.get("iou_weight", LossWeights.iou)))
     if processes == 1:
         return train_model(volume, out, steps, windows=False, **settings)
     return train_in_processes(volume, out, steps, processes, **settings)

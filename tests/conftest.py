@@ -31,6 +31,11 @@ from medsam2.demo_model import DEMO_CONFIG  # noqa: E402 (re-exported: the confi
 
 TWINS_SEED = 5010  # the studies' twins_5010
 SAMPLE_PHANTOM = "sample_phantom_000"  # in the studies: the sample study's phantom_000 (128 x 128 x 48)
+# What a /train request adds where a test asserts how well the run learned, so that the run is the same
+# wherever the CPU rounds the same: one process (on 2 cores /train would run two, whose ranks draw other
+# clips than one process does), and no time limit (with one, the schedule is fitted to measured step
+# times, and a busy machine would shorten it: medsam2/training/schedule.py).
+REPEATABLE_RUN = {"cpu_processes": 1, "max_minutes": 0}
 
 
 @pytest.fixture(scope="session", autouse=True)

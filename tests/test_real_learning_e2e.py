@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import DEMO_CONFIG, start_server, stop_server, wait_for_task
+from conftest import DEMO_CONFIG, REPEATABLE_RUN, start_server, stop_server, wait_for_task
 from medsam2.clicks import interior_point, largest_slice
 from medsam2.evaluation import real_data
 
@@ -70,11 +70,9 @@ def test_a_lung_saved_over_rest_teaches_the_served_model_the_other_lung(chest, t
                          files={"params": (None, json.dumps({"label_info": [{"name": "lung"}]})),
                                 "label": ("left.nii.gz", (tmp_path / "left.nii.gz").read_bytes())}, timeout=120)
         assert r.status_code == 200, r.text
-        # one process wherever the test runs: on 2 cores /train would otherwise run two (cpu_processes auto),
-        # whose ranks draw other clips, a run like another seed (right lung 0.39 here: docs/training.md);
-        # no time limit, so that the schedule spans STEPS on every machine however busy (schedule.py)
-        r = requests.post(f"{server.url}/train/medsam2",
-                          json={"max_steps": STEPS, "max_minutes": 0, "seed": 0, "cpu_processes": 1}, timeout=60)
+        # (two processes, /train's default on 2 cores, gave the right lung 0.39 here: docs/training.md)
+        r = requests.post(f"{server.url}/train/medsam2", json={"max_steps": STEPS, "seed": 0, **REPEATABLE_RUN},
+                          timeout=60)
         assert r.status_code == 200, r.text
         status = wait_for_task(server.url, "train", 1200)
         assert status["status"] == "DONE", status.get("details")

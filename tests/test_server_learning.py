@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import start_server, stop_server, wait_for_task
+from conftest import REPEATABLE_RUN, start_server, stop_server, wait_for_task
 from medsam2.clicks import interior_point, largest_slice
 from medsam2.phantoms import make_phantom, write_studies
 
@@ -56,11 +56,8 @@ def train_stats(server) -> dict:
 def test_training_from_scratch_makes_the_served_model_better_without_a_restart(learning_server):
     server = learning_server
     before = one_click_dice(server, HELD_OUT, 900)
-    # one process wherever the test runs (on 2 cores /train would run two, whose ranks draw other clips), and
-    # no time limit, so that the schedule spans TRAIN_STEPS however busy the machine is (schedule.py)
     r = requests.post(f"{server.url}/train/medsam2", json={"max_steps": TRAIN_STEPS, "val_every": TRAIN_STEPS,
-                                                            "max_minutes": 0, "clip_len": 8, "seed": 0,
-                                                            "cpu_processes": 1}, timeout=60)
+                                                            "clip_len": 8, "seed": 0, **REPEATABLE_RUN}, timeout=60)
     assert r.status_code == 200, r.text
     status = wait_for_task(server.url, "train", 1500)
     assert status["status"] == "DONE", status.get("details")

@@ -3,9 +3,10 @@
 The schedule is a linear warm-up, then cosine decay to zero at the run's last step. `/train` gives a
 run 2000 steps (1000 until 2026-12-07) and 14 minutes (training/defaults.py). The machines this
 project runs on differ about twofold: 1000 steps of the demo model on Colin27 took 593 s on 2 cores
-when docs/training.md measured them, and an AMD EPYC's 2 cores ran 667 of them in the 14 minutes. A run that the limit stops part-way stops with its learning
-rate still high: at 667 of 1000 steps, the cosine is still at a quarter of its peak, and the weights
-it publishes are those of a run that never settled.
+when docs/training.md measured them, and an AMD EPYC's 2 cores ran 667 of them in the 14 minutes. A
+run that the limit stops part-way stops with its learning rate still high: at 667 of 1000 steps, the
+cosine is still at a quarter of its peak, and the weights it publishes are those of a run that never
+settled.
 
 `StepPlan` times the warm-up's steps and then shortens the schedule to the steps the limit allows,
 refitted every 100 steps from the mean step time so far, so that the run anneals and ends by itself.

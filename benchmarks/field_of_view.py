@@ -99,13 +99,27 @@ def run_job(cfg, files, folder: Path, processes: int, each_second=None, quiet: b
 
 def default_config(out: Path, steps: int, field_of_view: str = "off", **overrides):
     """`/train`'s default TrainConfig (medsam2/training/defaults.py) from the demo model, for `steps` steps,
-    as `/train` runs it with the server's field of view `field_of_view`, with `overrides` (other
-    TrainConfig fields)."""
+    as `/train` runs it with the server's field of view `field_of_view`, with `overrides` (with_overrides)."""
     from medsam2.checkpoints import resolve_spec
     from medsam2.training.defaults import default_run
 
-    return default_run(resolve_spec("demo", None, None, REPO / "model"), out, field_of_view, max_steps=steps,
-                       **overrides)
+    plain = {k: v for k, v in overrides.items() if "." not in k}
+    cfg = default_run(resolve_spec("demo", None, None, REPO / "model"), out, field_of_view, max_steps=steps, **plain)
+    return with_overrides(cfg, {k: v for k, v in overrides.items() if "." in k})
+
+
+def with_overrides(cfg, overrides: dict):
+    """`cfg` with `overrides`' values, each named as a TrainConfig field (`memory_lr_scale`) or as a field
+    of one of its settings (`prompts.p_true_memory`, `weights.iou`): the benchmarks' recipes."""
+    from dataclasses import replace
+
+    nested: dict[str, dict] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            nested.setdefault(outer, {})[inner] = value
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if "." not in k})
+    return replace(cfg, **{outer: replace(getattr(cfg, outer), **values) for outer, values in nested.items()})
 
 
 def train_model(volume: real_data.RealVolume, out: Path, steps: int, windows: bool, **overrides) -> dict:

@@ -24,7 +24,7 @@ Recipes (the two settings SAM 2's memory learns with; medsam2/demo_model.py's st
 - `true_memory+memory_lr+iou5`: that default with the IoU head's loss weighted 5 (`LossWeights.iou`).
 
     python -m benchmarks.fine_tune_tracking [--recipes before true_memory ...] [--work DIR]
-        [--steps 1000] [--minutes 14] [--processes 1] [--seed 0] [--lr 3e-4]
+        [--steps 1000] [--minutes 14] [--processes 1] [--seed 0] [--lr 3e-4] [--clip-len 8]
 
 About 11 minutes a recipe on 2 cores plus a minute of clicks; a model already in --work, made from the
 same demo model, is reused.
@@ -50,31 +50,30 @@ from benchmarks.field_of_view import (TRAINED, default_config, run_job, segmente
 from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
+# each a dict of TrainConfig overrides (field_of_view.with_overrides) on /train's defaults
 RECIPES = {
-    "before": {"p_true_memory": 0.0, "memory_lr_scale": 1.0},
-    "true_memory": {"p_true_memory": 0.5, "memory_lr_scale": 1.0},
-    "memory_lr": {"p_true_memory": 0.0, "memory_lr_scale": 3.0},
-    "true_memory+memory_lr": {"p_true_memory": 0.5, "memory_lr_scale": 3.0},
+    "before": {"prompts.p_true_memory": 0.0, "memory_lr_scale": 1.0},
+    "true_memory": {"prompts.p_true_memory": 0.5, "memory_lr_scale": 1.0},
+    "memory_lr": {"prompts.p_true_memory": 0.0, "memory_lr_scale": 3.0},
+    "true_memory+memory_lr": {"prompts.p_true_memory": 0.5, "memory_lr_scale": 3.0},
     # /train's default with the image encoder frozen (train_modules no_image_encoder; benchmarks/forgetting.py)
-    "true_memory+memory_lr+frozen_encoder": {"p_true_memory": 0.5, "memory_lr_scale": 3.0,
+    "true_memory+memory_lr+frozen_encoder": {"prompts.p_true_memory": 0.5, "memory_lr_scale": 3.0,
                                              "train_modules": "no_image_encoder"},
     # /train's default with the IoU head's loss 5 times heavier (LossWeights.iou): in runs that a time limit
     # shortens, SAM 2's pick on the clicked slice lags its best candidate (docs/training.md)
-    "true_memory+memory_lr+iou5": {"p_true_memory": 0.5, "memory_lr_scale": 3.0, "iou_weight": 5.0},
+    "true_memory+memory_lr+iou5": {"prompts.p_true_memory": 0.5, "memory_lr_scale": 3.0, "weights.iou": 5.0},
 }
 
 
 def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict, minutes: float | None = 14.0,
-                 processes: int = 1, seed: int = 0, lr: float | None = None) -> dict:
+                 processes: int = 1, seed: int = 0, lr: float | None = None, clip_len: int | None = None) -> dict:
     """One run of `recipe`: in this process, or as `/train` runs it on a machine without GPUs (`processes`
     gloo ranks under torchrun, launch.one_machine_command); `minutes`: the time limit (None: none); `lr`:
-    the peak learning rate (None: the model's default, training/loop.default_lr)."""
-    from medsam2.training.objective import LossWeights
-    from medsam2.training.prompt_sim import PromptSettings
-
-    settings = dict(prompts=PromptSettings(p_true_memory=recipe["p_true_memory"]), max_minutes=minutes, seed=seed,
-                    memory_lr_scale=recipe["memory_lr_scale"], train_modules=recipe.get("train_modules", "auto"), lr=lr,
-                    weights=LossWeights(iou=recipe.get("iou_weight", LossWeights.iou)))
+    the peak learning rate (None: the model's default, training/loop.default_lr); `clip_len`: the slices
+    a clip runs through memory (None: /train's, training/defaults.DEFAULT_RUN)."""
+    settings = {"max_minutes": minutes, "seed": seed, "lr": lr, **recipe}
+    if clip_len:
+        settings["clip_len"] = clip_len
     if processes == 1:
         return train_model(volume, out, steps, windows=False, **settings)
     return train_in_processes(volume, out, steps, processes, **settings)
@@ -126,6 +125,7 @@ def main(argv=None) -> int:
                     help="gloo ranks under torchrun, as /train runs without GPUs (default: one process)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, help="the peak learning rate (default: the model's, as /train's)")
+    ap.add_argument("--clip-len", type=int, help="slices a clip runs through memory (default: /train's, 8)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "fine_tune_tracking.json")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -134,8 +134,10 @@ def main(argv=None) -> int:
     tag = "" if (args.steps, args.minutes, args.processes, args.seed) == (1000, 14.0, 1, 0) else \
         f"-{args.steps}steps-{args.minutes:g}min-{args.processes}p" + (f"-seed{args.seed}" if args.seed else "")
     tag += f"-lr{args.lr:g}" if args.lr else ""
+    tag += f"-clip{args.clip_len}" if args.clip_len else ""
     paths, runs = recipe_models(args.recipes, args.work, lambda name, path: train_recipe(
-        colin, path, args.steps, RECIPES[name], args.minutes or None, args.processes, args.seed, args.lr), tag)
+        colin, path, args.steps, RECIPES[name], args.minutes or None, args.processes, args.seed, args.lr,
+        args.clip_len), tag)
     results = {}
     for name, path in paths.items():
         t0 = time.perf_counter()

@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.demo_breadth import click_point  # noqa: E402
+from benchmarks.field_of_view import with_overrides  # noqa: E402
 from benchmarks.fine_tune_tracking import recipe_models  # noqa: E402
 from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
@@ -62,7 +63,7 @@ RECIPES = {
     "none": {},
     "replay": {"replay_share": 0.3},
     "anchor100": {"anchor": 100.0},
-    "unlabelled_click": {"p_unlabelled_click": 0.5},
+    "unlabelled_click": {"prompts.p_unlabelled_click": 0.5},
     "frozen_encoder": {"train_modules": "no_image_encoder"},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)
@@ -87,17 +88,14 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     from medsam2.checkpoints import resolve_spec
     from medsam2.demo_model import training_pairs
     from medsam2.training.loop import TrainConfig, train
-    from medsam2.training.prompt_sim import PromptSettings
 
     spec = resolve_spec("demo", None, None, REPO / "model")
     left = (volume.label == volume.structures["lung_left"]).astype(np.int16)
-    recipe = dict(recipe)
-    prompts = PromptSettings(p_unlabelled_click=recipe.pop("p_unlabelled_click", 0.0))
     # max_minutes off: every recipe runs its steps, however busy the machine is
-    cfg = TrainConfig(model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
-                      preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out,
-                      max_steps=steps, clip_len=8, max_objects=3, clips_per_step=2, val_every=200, seed=seed,
-                      prompts=prompts, **recipe)
+    cfg = with_overrides(TrainConfig(
+        model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
+        preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out, max_steps=steps, clip_len=8,
+        max_objects=3, clips_per_step=2, val_every=200, seed=seed), recipe)
 
     def log(entry):
         if entry.get("step", 0) % 100 == 0:

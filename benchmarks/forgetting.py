@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.demo_breadth import click_point  # noqa: E402
-from benchmarks.field_of_view import with_overrides  # noqa: E402
+from benchmarks.field_of_view import default_config  # noqa: E402
 from benchmarks.fine_tune_tracking import recipe_models  # noqa: E402
 from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
@@ -84,18 +84,13 @@ def run_name(recipe: str, seed: int) -> str:
 
 
 def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict, seed: int = 0) -> dict:
-    """`/train`'s TrainConfig (apps/medsam2/lib/trainers/medsam2.py) on the left lung, with `recipe` on top."""
-    from medsam2.checkpoints import resolve_spec
+    """`/train`'s TrainConfig (training/defaults.py) on the left lung, with `recipe` on top."""
     from medsam2.demo_model import training_pairs
-    from medsam2.training.loop import TrainConfig, train
+    from medsam2.training.loop import train
 
-    spec = resolve_spec("demo", None, None, REPO / "model")
     left = (volume.label == volume.structures["lung_left"]).astype(np.int16)
     # max_minutes off: every recipe runs its steps, however busy the machine is
-    cfg = with_overrides(TrainConfig(
-        model_config=spec.model_config, image_size=spec.image_size, init_checkpoint=spec.checkpoint,
-        preprocess=spec.preprocess, postprocess=spec.postprocess, out_checkpoint=out, max_steps=steps, clip_len=8,
-        max_objects=3, clips_per_step=2, val_every=200, seed=seed), recipe)
+    cfg = default_config(out, steps, max_minutes=None, seed=seed, **recipe)
 
     def log(entry):
         if entry.get("step", 0) % 100 == 0:

@@ -93,11 +93,17 @@ def train_in_processes(volume: real_data.RealVolume, out: Path, steps: int, proc
 def recipe_models(recipes, work: Path, train, tag: str = "") -> tuple[dict[str, Path], dict[str, dict]]:
     """The demo model and one fine-tuned checkpoint per recipe, made by `train(name, path)` where not
     there yet (benchmarks/forgetting.py uses it too): the paths by name, and the runs made. They are kept
-    in `work`/<the demo model's sha256, first 8>/, so that a new demo model never reuses runs made from
-    the one before it; `tag` ends their file names (runs of other lengths)."""
+    in `work`/<the demo model's sha256, first 8>-</train's DEFAULT_RUN's, first 6>/, so that neither a new
+    demo model nor a change of /train's defaults reuses runs made before it; `tag` ends their file names
+    (runs of other lengths)."""
+    import json
+
+    from medsam2.training.defaults import DEFAULT_RUN
+
     demo = REPO / "model" / "demo" / "medsam2_demo.pt"
     paths, runs = {"demo": demo}, {}
-    folder = work / hashlib.sha256(demo.read_bytes()).hexdigest()[:8]
+    defaults = hashlib.sha256(json.dumps(DEFAULT_RUN, sort_keys=True).encode()).hexdigest()[:6]
+    folder = work / f"{hashlib.sha256(demo.read_bytes()).hexdigest()[:8]}-{defaults}"
     folder.mkdir(parents=True, exist_ok=True)
     for name in recipes:
         paths[name] = folder / f"{name}{tag}.pt"

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                     help="gloo ranks under torchrun, as /train runs without GPUs (default: one process)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, help="the peak learning rate (default: the model's, as /train's)")
-    ap.add_argument("--clip-len", type=int, help="slices a clip runs through memory (default: /train's, 8)")
+    ap.add_argument("--clip-len", type=int, help="slices a clip runs through memory (default: /train's)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "fine_tune_tracking.json")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)

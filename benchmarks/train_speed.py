@@ -1,6 +1,6 @@
 """How fast `/train` steps on this machine's CPUs: one process against `cpu_processes` auto.
 
-Each run is `/train`'s default run from the demo model (clips of 8 slices, 3 objects, 2 clips a step,
+Each run is `/train`'s default run from the demo model (clips of 6 slices, 3 objects, 2 clips a step,
 the tracking recipe, the mirror) on Colin27's whole volume with the left caudate, putamen, thalamus and
 hippocampus labelled, without validation or time limit, for `--steps` steps. Both go through
 `python -m medsam2.training.launch` as the train task runs them:

@@ -9,7 +9,7 @@ their next request. A stopped or failed run publishes nothing. Progress goes to 
 `/train` status), to a stats file (shown in `/info` train_stats) and to TensorBoard under model/runs.
 
 Request params: max_steps (2000), max_minutes (14: a default run ends within 15 minutes on 2 CPU
-cores; where fewer steps fit, the schedule is shortened to them: training/schedule.py; 0 = no limit), val_split (0.2), clip_len (8), max_objects (3),
+cores; where fewer steps fit, the schedule is shortened to them: training/schedule.py; 0 = no limit), val_split (0.2), clip_len (6), max_objects (3),
 clips_per_step (2: over all processes), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu
 (false: with true, torch DDP launched by torchrun over all GPUs), cpu_processes (on a machine without
 GPUs: auto, one gloo process under torchrun per thread the server may use and at most one per clip of

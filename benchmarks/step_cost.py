@@ -1,0 +1,133 @@
+"""Where a `/train` step's time goes on a CPU, and what shorter clips or bf16 would save.
+
+One rank's view of `/train`'s default run (benchmarks/train_speed.py times whole runs): the demo model,
+Colin27 with the left caudate, putamen, thalamus and hippocampus labelled, the tracking recipe, the
+mirror, one clip at a time on one thread (each of `/train`'s two gloo ranks on 2 cores runs one clip a
+step on one thread). For each clip length, the mean seconds per clip of:
+- `sample`: cutting the clip from the volume (ClipSampler);
+- `forward`, and within it the image encoder, SAM 2's mask decoder, memory encoder and memory
+  attention (their forward passes, timed by module hooks; the rest of `track_step` is the prompt
+  encoder, feature reshaping and Python), and the loss terms (`ClipObjective.frame_loss`);
+- `backward`, `optimizer` (AdamW's step).
+`--bf16` adds the default clip length under `torch.autocast("cpu", bfloat16)`.
+
+    python -m benchmarks.step_cost [--clip-lens 4 6 8] [--clips 20] [--bf16]
+
+About 2 minutes on 2 cores. Prints a table and writes bench-results/step_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.demo_breadth import markdown_table  # noqa: E402
+from benchmarks.field_of_view import default_config, trained_label  # noqa: E402
+from benchmarks.results import write_results  # noqa: E402
+from medsam2.evaluation import real_data  # noqa: E402
+
+MODULES = {"image encoder": "image_encoder", "mask decoder": "sam_mask_decoder",
+           "memory encoder": "memory_encoder", "memory attention": "memory_attention"}
+WARMUP_CLIPS = 3  # the first clips carry one-off costs (allocations, oneDNN's kernel choices)
+
+
+def time_modules(model, seconds: dict) -> None:
+    """Add each MODULES' forward time to `seconds` on every call."""
+    for name, attr in MODULES.items():
+        module, started = getattr(model, attr), []
+        module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter()))
+        module.register_forward_hook(lambda *_, s=started, n=name: seconds.__setitem__(
+            n, seconds[n] + time.perf_counter() - s.pop()))
+
+
+def measure(clip_len: int, clips: int, bf16: bool, volume) -> dict:
+    """Mean seconds per clip of each part, for clips of `clip_len` slices."""
+    import torch
+
+    from medsam2.checkpoints import ModelSpec, build_model
+    from medsam2.training.clips import ClipSampler, LabelledVolume
+    from medsam2.training.loop import TrackingRecipe, configure_trainable, param_groups
+    from medsam2.training.objective import ClipObjective
+
+    cfg = default_config(Path("unused.pt"), 1, clip_len=clip_len)
+    spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint, cfg.preprocess, cfg.postprocess)
+    torch.manual_seed(0)
+    model = build_model(spec, device=torch.device("cpu"), for_training=True)
+    encoder_trains = configure_trainable(model, cfg.train_modules, True)
+    recipe = TrackingRecipe.for_model(model, True)
+    objective = ClipObjective(model, cfg.weights, replace(cfg.prompts, p_true_memory=recipe.p_true_memory),
+                              train_image_encoder=encoder_trains)
+    opt = torch.optim.AdamW(param_groups(model, 1e-6, cfg.weight_decay, memory_lr_scale=recipe.memory_lr_scale))
+    sampler = ClipSampler([LabelledVolume(volume.image, trained_label(volume), cfg.intensity, model.preprocess)],
+                          model.image_size, cfg.clip_len, cfg.max_objects, seed=1, p_exit=cfg.p_exit,
+                          preprocess=model.preprocess, augment=cfg.augment)
+    seconds: dict[str, float] = defaultdict(float)
+    time_modules(model, seconds)
+    frame_loss = objective.frame_loss
+
+    def timed_loss(*args):
+        t0 = time.perf_counter()
+        out = frame_loss(*args)
+        seconds["losses"] += time.perf_counter() - t0
+        return out
+
+    objective.frame_loss = timed_loss
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    rng = np.random.default_rng(0)
+    for i in range(WARMUP_CLIPS + clips):
+        if i == WARMUP_CLIPS:
+            seconds.clear()
+        t0 = time.perf_counter()
+        clip = sampler.sample()
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            parts = objective(clip, rng)
+        t2 = time.perf_counter()
+        parts["loss"].backward()
+        t3 = time.perf_counter()
+        opt.step()
+        t4 = time.perf_counter()
+        for name, s in (("sample", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2), ("optimizer", t4 - t3)):
+            seconds[name] += s
+    per_clip = {name: round(s / clips, 4) for name, s in seconds.items()}
+    per_clip["total"] = round(sum(per_clip[k] for k in ("sample", "forward", "backward", "optimizer")), 4)
+    return per_clip
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from medsam2.encoder_runtime import cpu_name
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clip-lens", type=int, nargs="+", default=[4, 6, 8])
+    ap.add_argument("--clips", type=int, default=20, help="clips timed per row, after 3 untimed")
+    ap.add_argument("--bf16", action="store_true", help="also the default clip length under bf16 autocast")
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "step_cost.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    volume = real_data.colin27()
+    default_len = default_config(Path("unused.pt"), 1).clip_len
+    rows = {f"clips of {n}": measure(n, args.clips, False, volume) for n in args.clip_lens}
+    if args.bf16:
+        rows[f"clips of {default_len}, bf16 autocast"] = measure(default_len, args.clips, True, volume)
+    columns = ["total", "sample", "forward", *MODULES, "losses", "backward", "optimizer"]
+    print(markdown_table([["seconds a clip, one thread", *columns],
+                          *[[name, *(f"{row.get(c, 0.0):.3f}" for c in columns)] for name, row in rows.items()]]))
+    write_results(args.out, {"threads": 1, "clips": args.clips, "cpu": cpu_name(), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -33,6 +33,7 @@ model (`only:`), for the image encoder, the prompt encoder, the mask decoder, me
 memory encoder, and the rest (object pointers and learned embeddings).
 
     python -m benchmarks.forgetting [--recipes none anchor100 replay] [--seeds 0 1 2] [--modules none] [--work DIR]
+        [--clip-len 8]
 
 About 15 minutes a run on 2 cores plus half a minute of clicks; a model already in --work, made from
 the same demo model, is reused.
@@ -83,14 +84,17 @@ def run_name(recipe: str, seed: int) -> str:
     return recipe if seed == 0 else f"{recipe}@seed{seed}"
 
 
-def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict, seed: int = 0) -> dict:
-    """`/train`'s TrainConfig (training/defaults.py) on the left lung, with `recipe` on top."""
+def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: dict, seed: int = 0,
+                 clip_len: int | None = None) -> dict:
+    """`/train`'s TrainConfig (training/defaults.py) on the left lung, with `recipe` on top; `clip_len`:
+    the slices a clip runs through memory (None: /train's)."""
     from medsam2.demo_model import training_pairs
     from medsam2.training.loop import train
 
     left = (volume.label == volume.structures["lung_left"]).astype(np.int16)
     # max_minutes off: every recipe runs its steps, however busy the machine is
-    cfg = default_config(out, steps, max_minutes=None, seed=seed, **recipe)
+    cfg = default_config(out, steps, max_minutes=None, seed=seed, **({"clip_len": clip_len} if clip_len else {}),
+                         **recipe)
 
     def log(entry):
         if entry.get("step", 0) % 100 == 0:
@@ -185,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per recipe and seed")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "forgetting.json")
     ap.add_argument("--modules", choices=list(RECIPES), help="also take this recipe's model apart by module")
+    ap.add_argument("--clip-len", type=int, help="slices a clip runs through memory (default: /train's; 8 before "
+                    "2026-12-07, as in every table of docs/training.md)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     lungs, head = chest(), real_data.cranium()
@@ -192,11 +198,12 @@ def main(argv=None) -> int:
     colin = real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)
     planned = {run_name(r, seed): (r, seed) for r in args.recipes for seed in args.seeds}
     work = args.work if args.steps == 1000 else args.work / f"{args.steps}steps"  # never reuse another length's runs
+    work = work / f"clip{args.clip_len}" if args.clip_len else work
     if args.modules:
         planned.setdefault(args.modules, (args.modules, 0))
     paths, runs = recipe_models(list(planned), work,
                                 lambda name, path: train_recipe(lungs, path, args.steps, RECIPES[planned[name][0]],
-                                                                planned[name][1]))
+                                                                planned[name][1], args.clip_len))
     if args.modules:
         paths.update(module_mixes(paths[args.modules], paths[args.modules].parent))
     results = {}

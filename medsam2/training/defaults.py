@@ -23,7 +23,7 @@ DEFAULT_RUN = {
     "max_minutes": 14.0,
     # slices a clip runs through SAM 2's memory: 6, not SAM 2's 8. A step costs in proportion to its clips'
     # slices, so 14 minutes hold a third more steps of 6; on Colin27 on 2 cores the trained structures
-    # came out at 0.84, 0.72, 0.73 over three seeds, against 0.80, 0.58, 0.55 with 8 (docs/training.md,
+    # came out at 0.84, 0.72, 0.73 over three seeds, against 0.80, 0.55, 0.68 with 8 (docs/training.md,
     # "Shorter clips"); 2000 steps of 6 gave what 2000 of 8 gave (0.86). A request can ask for SAM 2's 8.
     "clip_len": 6,
     "max_objects": 3,  # structures tracked together in one clip

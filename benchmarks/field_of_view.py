@@ -103,9 +103,8 @@ def default_config(out: Path, steps: int, field_of_view: str = "off", **override
     from medsam2.checkpoints import resolve_spec
     from medsam2.training.defaults import default_run
 
-    plain = {k: v for k, v in overrides.items() if "." not in k}
-    cfg = default_run(resolve_spec("demo", None, None, REPO / "model"), out, field_of_view, max_steps=steps, **plain)
-    return with_overrides(cfg, {k: v for k, v in overrides.items() if "." in k})
+    return with_overrides(default_run(resolve_spec("demo", None, None, REPO / "model"), out, field_of_view,
+                                      max_steps=steps), overrides)
 
 
 def with_overrides(cfg, overrides: dict):

@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     import torch
 
     from medsam2.encoder_runtime import cpu_name
+    from medsam2.training.defaults import DEFAULT_RUN
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clip-lens", type=int, nargs="+", default=[4, 6, 8])
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     volume = real_data.colin27()
-    default_len = default_config(Path("unused.pt"), 1).clip_len
+    default_len = DEFAULT_RUN["clip_len"]
     rows = {f"clips of {n}": measure(n, args.clips, False, volume) for n in args.clip_lens}
     if args.bf16:
         rows[f"clips of {default_len}, bf16 autocast"] = measure(default_len, args.clips, True, volume)

@@ -9,9 +9,11 @@ step on one thread). For each clip length, the mean seconds per clip of:
   attention (their forward passes, timed by module hooks; the rest of `track_step` is the prompt
   encoder, feature reshaping and Python), and the loss terms (`ClipObjective.frame_loss`);
 - `backward`, `optimizer` (AdamW's step).
-`--bf16` adds the default clip length under `torch.autocast("cpu", bfloat16)`.
+`--bf16` adds the default clip length under `torch.autocast("cpu", bfloat16)`; `--max-objects 4` adds it
+tracking up to 4 structures a clip (/train's `max_objects` is 3); `--profile` adds it under torch.profiler
+and prints the operations that take the time (the profiler slows that row's parts).
 
-    python -m benchmarks.step_cost [--clip-lens 4 6 8] [--clips 20] [--bf16]
+    python -m benchmarks.step_cost [--clip-lens 4 6 8] [--clips 20] [--bf16] [--max-objects 4] [--profile]
 
 About 2 minutes on 2 cores. Prints a table and writes bench-results/step_cost.json.
 """
@@ -50,8 +52,21 @@ def time_modules(model, seconds: dict) -> None:
             n, seconds[n] + time.perf_counter() - s.pop()))
 
 
-def measure(clip_len: int, clips: int, bf16: bool, volume) -> dict:
-    """Mean seconds per clip of each part, for clips of `clip_len` slices."""
+def top_operations(profiler, clips: int, count: int = 8) -> list[dict]:
+    """The `count` PyTorch operations that took the most CPU time themselves (not counting what they
+    called), over the profiled clips: share of all, calls a clip, microseconds a call."""
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"operation": e.key, "share": round(e.self_cpu_time_total / total, 3),
+             "calls_a_clip": round(e.count / clips), "us_a_call": round(e.self_cpu_time_total / e.count, 1)}
+            for e in events[:count]]
+
+
+def measure(clip_len: int, clips: int, bf16: bool, volume, max_objects: int | None = None,
+            profile: bool = False) -> dict:
+    """Mean seconds per clip of each part, for clips of `clip_len` slices tracking up to `max_objects`
+    structures (None: /train's); `profile`: also the operations that take the time (top_operations),
+    under torch.profiler, which slows every part."""
     import torch
 
     from medsam2.checkpoints import ModelSpec, build_model
@@ -59,7 +74,7 @@ def measure(clip_len: int, clips: int, bf16: bool, volume) -> dict:
     from medsam2.training.loop import TrackingRecipe, configure_trainable, param_groups
     from medsam2.training.objective import ClipObjective
 
-    cfg = default_config(Path("unused.pt"), 1, clip_len=clip_len)
+    cfg = default_config(Path("unused.pt"), 1, clip_len=clip_len, **({"max_objects": max_objects} if max_objects else {}))
     spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint, cfg.preprocess, cfg.postprocess)
     torch.manual_seed(0)
     model = build_model(spec, device=torch.device("cpu"), for_training=True)
@@ -84,9 +99,12 @@ def measure(clip_len: int, clips: int, bf16: bool, volume) -> dict:
     objective.frame_loss = timed_loss
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     rng = np.random.default_rng(0)
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
     for i in range(WARMUP_CLIPS + clips):
         if i == WARMUP_CLIPS:
             seconds.clear()
+            if profiler is not None:
+                profiler.start()
         t0 = time.perf_counter()
         clip = sampler.sample()
         t1 = time.perf_counter()
@@ -100,8 +118,12 @@ def measure(clip_len: int, clips: int, bf16: bool, volume) -> dict:
         t4 = time.perf_counter()
         for name, s in (("sample", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2), ("optimizer", t4 - t3)):
             seconds[name] += s
+        seconds["structures"] += clip.masks.shape[1]  # not seconds: the mean structures a clip tracks
     per_clip = {name: round(s / clips, 4) for name, s in seconds.items()}
     per_clip["total"] = round(sum(per_clip[k] for k in ("sample", "forward", "backward", "optimizer")), 4)
+    if profiler is not None:
+        profiler.stop()
+        per_clip["top_operations"] = top_operations(profiler, clips)
     return per_clip
 
 
@@ -115,6 +137,10 @@ def main(argv=None) -> int:
     ap.add_argument("--clip-lens", type=int, nargs="+", default=[4, 6, 8])
     ap.add_argument("--clips", type=int, default=20, help="clips timed per row, after 3 untimed")
     ap.add_argument("--bf16", action="store_true", help="also the default clip length under bf16 autocast")
+    ap.add_argument("--profile", action="store_true",
+                    help="also the default clip length under torch.profiler: which operations take the time")
+    ap.add_argument("--max-objects", type=int, nargs="*", default=[],
+                    help="also the default clip length tracking up to this many structures a clip (/train's: 3)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "step_cost.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -123,9 +149,20 @@ def main(argv=None) -> int:
     rows = {f"clips of {n}": measure(n, args.clips, False, volume) for n in args.clip_lens}
     if args.bf16:
         rows[f"clips of {default_len}, bf16 autocast"] = measure(default_len, args.clips, True, volume)
-    columns = ["total", "sample", "forward", *MODULES, "losses", "backward", "optimizer"]
-    print(markdown_table([["seconds a clip, one thread", *columns],
+    for n in args.max_objects:
+        rows[f"clips of {default_len}, up to {n} structures"] = measure(default_len, args.clips, False, volume, n)
+    if args.profile:
+        rows[f"clips of {default_len}, profiled"] = measure(default_len, args.clips, False, volume, profile=True)
+    columns = ["total", "sample", "forward", *MODULES, "losses", "backward", "optimizer", "structures"]
+    header = [c if c != "structures" else "structures a clip (mean)" for c in columns]
+    print(markdown_table([["seconds a clip, one thread", *header],
                           *[[name, *(f"{row.get(c, 0.0):.3f}" for c in columns)] for name, row in rows.items()]]))
+    for name, row in rows.items():
+        if "top_operations" in row:
+            print(f"\n{name}: the operations that take the time (self CPU time)")
+            print(markdown_table([["operation", "share", "calls a clip", "us a call"],
+                                  *[[op["operation"], f"{op['share']:.1%}", str(op["calls_a_clip"]), f"{op['us_a_call']:.0f}"]
+                                    for op in row["top_operations"]]]))
     write_results(args.out, {"threads": 1, "clips": args.clips, "cpu": cpu_name(), "rows": rows})
     return 0
 

@@ -6,22 +6,28 @@ hippocampus labelled, without validation or time limit, for `--steps` steps. Bot
 `python -m medsam2.training.launch` as the train task runs them:
 - `one process`: the stock path, one process with every thread this machine gives (`OMP_NUM_THREADS`);
 - `cpu_processes auto`: torchrun with `launch.cpu_processes` gloo ranks, each with its share of the
-  threads and its share of the step's clips, as `/train` runs by default without GPUs.
+  threads and its share of the step's clips, as `/train` runs by default without GPUs;
+- `the same ranks, unsynchronised`: as many independent one-process runs side by side, each with a
+  rank's threads and clips, nothing averaged between them; its `s a step` is the slower run's. No
+  synchronised run can step faster, so the gap to `cpu_processes auto` is all DDP costs: averaging the
+  gradients over gloo, and each step waiting for the slower rank.
 
 Seconds a step are timed from the history between step 5 and the last (the first steps carry one-off
 costs); `steps in 14 min` is what `/train`'s time limit holds at that rate. Peak memory is the most the
 run's processes used together (their PSS, sampled each second: shared pages counted once).
 
-    python -m benchmarks.train_speed [--steps 60]
+    python -m benchmarks.train_speed [--steps 60] [--repeats 3]
 
-About 3 minutes on 2 cores. Prints a table and writes bench-results/train_speed.json.
+About 4 minutes a repeat on 2 cores. Prints a table and writes bench-results/train_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +61,18 @@ def tree_pss(pid: int) -> int:
     return total
 
 
+def seconds_a_step(history: list[dict], steps: int) -> float:
+    """Mean seconds a step from step FIRST_TIMED_STEP to `steps`, from a run's history."""
+    at = {entry["step"]: entry["elapsed_s"] for entry in history}
+    return (at[steps] - at[FIRST_TIMED_STEP]) / (steps - FIRST_TIMED_STEP)
+
+
+def row(processes: int, threads_each: int, per_step: float, wall_s: float, peak: int) -> dict:
+    return {"processes": processes, "threads_each": threads_each, "s_per_step": round(per_step, 3),
+            "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(wall_s, 1),
+            "peak_memory_gib": round(peak / 2**30, 2)}
+
+
 def run(folder: Path, files, steps: int, processes: int) -> dict:
     """One run through launch.py (under torchrun when `processes` > 1): its history's step times."""
     peak = 0
@@ -65,12 +83,38 @@ def run(folder: Path, files, steps: int, processes: int) -> dict:
 
     cfg = default_config(folder / f"out_{processes}.pt", steps, max_minutes=None)
     run = run_job(cfg, files, folder, processes, each_second=sample, quiet=True)
-    history = run.result["history"]
-    at = {entry["step"]: entry["elapsed_s"] for entry in history}
-    per_step = (at[steps] - at[FIRST_TIMED_STEP]) / (steps - FIRST_TIMED_STEP)
-    return {"processes": processes, "threads_each": run.threads_each, "s_per_step": round(per_step, 3),
-            "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(run.seconds, 1),
-            "peak_memory_gib": round(peak / 2**30, 2)}
+    return row(processes, run.threads_each, seconds_a_step(run.result["history"], steps), run.seconds, peak)
+
+
+def unsynchronised(folder: Path, files, steps: int, processes: int) -> dict:
+    """What `processes` ranks would step at if nothing tied them together: as many independent
+    one-process runs side by side, each with its share of the threads and of a step's clips, as each
+    rank has. Against `cpu_processes auto`, the difference is what DDP's gradient averaging, and
+    waiting for the slower rank, cost a step."""
+    import subprocess
+
+    import torch
+
+    from medsam2.training.defaults import DEFAULT_RUN
+    from medsam2.training.launch import one_machine_command, result_path, write_job
+
+    threads = max(1, torch.get_num_threads() // processes)
+    clips = max(1, DEFAULT_RUN["clips_per_step"] // processes)
+    jobs, procs, peak = [], [], 0
+    t0 = time.perf_counter()
+    for i in range(processes):
+        cfg = default_config(folder / f"alone_{i}.pt", steps, max_minutes=None, clips_per_step=clips, seed=i)
+        jobs.append(write_job(folder / f"alone_{i}.json", cfg, files, []))
+        cmd, env = one_machine_command(jobs[-1], 1)
+        env["OMP_NUM_THREADS"] = str(threads)
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    while any(p.poll() is None for p in procs):
+        peak = max(peak, sum(tree_pss(p.pid) for p in procs))
+        time.sleep(1.0)
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"an unsynchronised run failed: exit codes {[p.returncode for p in procs]}")
+    per_step = max(seconds_a_step(json.loads(result_path(job).read_text())["history"], steps) for job in jobs)
+    return row(processes, threads, per_step, time.perf_counter() - t0, peak)
 
 
 def main(argv=None) -> int:
@@ -81,22 +125,34 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "train_speed.json")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every row this many times, in turn, and report each row's median: this virtual "
+                         "machine's cores change speed by a fifth within minutes")
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
     auto = cpu_processes(2, threads)
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = write_trained_volume(real_data.colin27(), folder)
-        rows = {"one process": run(folder, files, args.steps, 1)}
-        if auto > 1:
-            rows["cpu_processes auto"] = run(folder, files, args.steps, auto)
+        for _ in range(max(1, args.repeats)):
+            runs.setdefault("one process", []).append(run(folder, files, args.steps, 1))
+            if auto > 1:
+                runs.setdefault("cpu_processes auto", []).append(run(folder, files, args.steps, auto))
+                runs.setdefault("the same ranks, unsynchronised", []).append(
+                    unsynchronised(folder, files, args.steps, auto))
+    rows = {name: {**sorted(each, key=lambda r: r["s_per_step"])[len(each) // 2],
+                   "s_per_step_each": [r["s_per_step"] for r in each]} for name, each in runs.items()}
     base = rows["one process"]["s_per_step"]
-    print(f"{threads} threads; {args.steps} steps a run, timed from step {FIRST_TIMED_STEP}")
-    lines = [["run", "processes", "threads each", "s a step", "steps in 14 min", "speed-up", "peak memory (GiB)"]]
-    lines += [[name, str(r["processes"]), str(r["threads_each"]), f"{r['s_per_step']:.2f}", str(r["steps_in_limit"]),
+    print(f"{threads} threads; {args.steps} steps a run, timed from step {FIRST_TIMED_STEP}; "
+          f"each row the median of {max(1, args.repeats)} run(s)")
+    lines = [["run", "processes", "threads each", "s a step", "each run", "steps in 14 min", "speed-up",
+              "peak memory (GiB)"]]
+    lines += [[name, str(r["processes"]), str(r["threads_each"]), f"{r['s_per_step']:.2f}",
+               " ".join(f"{x:.2f}" for x in r["s_per_step_each"]), str(r["steps_in_limit"]),
                f"{base / r['s_per_step']:.2f}x", f"{r['peak_memory_gib']:.2f}"] for name, r in rows.items()]
     print(markdown_table(lines))
-    write_results(args.out, {"threads": threads, "steps": args.steps, "runs": rows})
+    write_results(args.out, {"threads": threads, "steps": args.steps, "repeats": args.repeats, "runs": rows})
     return 0
 
 

@@ -15,7 +15,7 @@ and prints the operations that take the time (the profiler slows that row's part
 
     python -m benchmarks.step_cost [--clip-lens 4 6 8] [--clips 20] [--bf16] [--max-objects 4] [--profile]
 
-About 2 minutes on 2 cores. Prints a table and writes bench-results/step_cost.json.
+About 2 minutes on 2 cores (`--profile`: 2 more, most of them reading the profile). Prints a table and writes bench-results/step_cost.json.
 """
 
 from __future__ import annotations
@@ -100,9 +100,11 @@ def measure(clip_len: int, clips: int, bf16: bool, volume, max_objects: int | No
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     rng = np.random.default_rng(0)
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
+    structures = 0  # structures tracked, over the timed clips
     for i in range(WARMUP_CLIPS + clips):
         if i == WARMUP_CLIPS:
             seconds.clear()
+            structures = 0
             if profiler is not None:
                 profiler.start()
         t0 = time.perf_counter()
@@ -118,9 +120,10 @@ def measure(clip_len: int, clips: int, bf16: bool, volume, max_objects: int | No
         t4 = time.perf_counter()
         for name, s in (("sample", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2), ("optimizer", t4 - t3)):
             seconds[name] += s
-        seconds["structures"] += clip.masks.shape[1]  # not seconds: the mean structures a clip tracks
+        structures += clip.masks.shape[1]
     per_clip = {name: round(s / clips, 4) for name, s in seconds.items()}
     per_clip["total"] = round(sum(per_clip[k] for k in ("sample", "forward", "backward", "optimizer")), 4)
+    per_clip["structures"] = round(structures / clips, 3)  # not seconds: the mean structures a clip tracks
     if profiler is not None:
         profiler.stop()
         per_clip["top_operations"] = top_operations(profiler, clips)

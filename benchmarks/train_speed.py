@@ -68,6 +68,7 @@ def seconds_a_step(history: list[dict], steps: int) -> float:
 
 
 def row(processes: int, threads_each: int, per_step: float, wall_s: float, peak: int) -> dict:
+    """One row of the table (and of the JSON): a run's speed, what 14 minutes hold at it, its memory."""
     return {"processes": processes, "threads_each": threads_each, "s_per_step": round(per_step, 3),
             "steps_in_limit": int(LIMIT_MINUTES * 60 / per_step), "wall_s": round(wall_s, 1),
             "peak_memory_gib": round(peak / 2**30, 2)}

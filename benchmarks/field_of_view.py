@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -75,26 +76,49 @@ class JobRun:
     threads_each: int  # OMP_NUM_THREADS of each process
 
 
-def run_job(cfg, files, folder: Path, processes: int, each_second=None, quiet: bool = False) -> JobRun:
-    """`cfg` on `files` as `/train` runs it on a machine without GPUs: a job in `folder`, then
-    launch.py (under torchrun when `processes` > 1). `each_second(pid)` is called every second while it
-    runs; `quiet`: the run's output is dropped."""
-    import subprocess
+@dataclass
+class StartedJob:
+    """A run through launch.py, started and not waited for (start_job)."""
 
-    from medsam2.training.launch import one_machine_command, result_path, write_job
+    job: Path  # its job file
+    proc: subprocess.Popen  # launch.py, or torchrun over it
+    threads_each: int  # OMP_NUM_THREADS of each process
+    started: float  # time.perf_counter() at its start
 
-    job = write_job(folder / f"job_{processes}.json", cfg, files, [])
+    def finished(self) -> JobRun:
+        """The run's result once its process has ended; CalledProcessError where it failed."""
+        from medsam2.training.launch import result_path
+
+        if self.proc.wait():
+            raise subprocess.CalledProcessError(self.proc.returncode, self.proc.args)
+        return JobRun(json.loads(result_path(self.job).read_text()), time.perf_counter() - self.started,
+                      self.threads_each)
+
+
+def start_job(cfg, files, folder: Path, processes: int, quiet: bool = False, name: str | None = None,
+              threads: int | None = None) -> StartedJob:
+    """`cfg` on `files` as `/train` runs it on a machine without GPUs, started: a job in `folder` (named
+    `name`, default job_<processes>), then launch.py (under torchrun when `processes` > 1), each process
+    with `threads` threads (default: its share of this one's). `quiet`: the run's output is dropped."""
+    from medsam2.training.launch import one_machine_command, write_job
+
+    job = write_job(folder / f"{name or f'job_{processes}'}.json", cfg, files, [])
     cmd, env = one_machine_command(job, processes)
-    t0 = time.perf_counter()
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     out = subprocess.DEVNULL if quiet else None
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=out)
-    while proc.poll() is None:
+    return StartedJob(job, subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=out),
+                      int(env["OMP_NUM_THREADS"]), time.perf_counter())
+
+
+def run_job(cfg, files, folder: Path, processes: int, each_second=None, quiet: bool = False) -> JobRun:
+    """start_job, then wait for it: `each_second(pid)` is called every second while it runs."""
+    started = start_job(cfg, files, folder, processes, quiet)
+    while started.proc.poll() is None:
         if each_second:
-            each_second(proc.pid)
+            each_second(started.proc.pid)
         time.sleep(1.0)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return JobRun(json.loads(result_path(job).read_text()), time.perf_counter() - t0, int(env["OMP_NUM_THREADS"]))
+    return started.finished()
 
 
 def default_config(out: Path, steps: int, field_of_view: str = "off", **overrides):

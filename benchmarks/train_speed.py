@@ -24,7 +24,6 @@ About 4 minutes a repeat on 2 cores. Prints a table and writes bench-results/tra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.demo_breadth import markdown_table  # noqa: E402
-from benchmarks.field_of_view import default_config, run_job, write_trained_volume  # noqa: E402
+from benchmarks.field_of_view import default_config, run_job, start_job, write_trained_volume  # noqa: E402
 from benchmarks.results import write_results  # noqa: E402
 from medsam2.evaluation import real_data  # noqa: E402
 
@@ -92,30 +91,22 @@ def unsynchronised(folder: Path, files, steps: int, processes: int) -> dict:
     one-process runs side by side, each with its share of the threads and of a step's clips, as each
     rank has. Against `cpu_processes auto`, the difference is what DDP's gradient averaging, and
     waiting for the slower rank, cost a step."""
-    import subprocess
-
     import torch
 
     from medsam2.training.defaults import DEFAULT_RUN
-    from medsam2.training.launch import one_machine_command, result_path, write_job
 
     threads = max(1, torch.get_num_threads() // processes)
     clips = max(1, DEFAULT_RUN["clips_per_step"] // processes)
-    jobs, procs, peak = [], [], 0
-    t0 = time.perf_counter()
-    for i in range(processes):
-        cfg = default_config(folder / f"alone_{i}.pt", steps, max_minutes=None, clips_per_step=clips, seed=i)
-        jobs.append(write_job(folder / f"alone_{i}.json", cfg, files, []))
-        cmd, env = one_machine_command(jobs[-1], 1)
-        env["OMP_NUM_THREADS"] = str(threads)
-        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    while any(p.poll() is None for p in procs):
-        peak = max(peak, sum(tree_pss(p.pid) for p in procs))
+    started = [start_job(default_config(folder / f"alone_{i}.pt", steps, max_minutes=None, clips_per_step=clips,
+                                        seed=i), files, folder, 1, quiet=True, name=f"alone_{i}", threads=threads)
+               for i in range(processes)]
+    peak = 0
+    while any(s.proc.poll() is None for s in started):
+        peak = max(peak, sum(tree_pss(s.proc.pid) for s in started))
         time.sleep(1.0)
-    if any(p.returncode for p in procs):
-        raise RuntimeError(f"an unsynchronised run failed: exit codes {[p.returncode for p in procs]}")
-    per_step = max(seconds_a_step(json.loads(result_path(job).read_text())["history"], steps) for job in jobs)
-    return row(processes, threads, per_step, time.perf_counter() - t0, peak)
+    runs = [s.finished() for s in started]
+    per_step = max(seconds_a_step(r.result["history"], steps) for r in runs)
+    return row(processes, threads, per_step, max(r.seconds for r in runs), peak)
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,12 @@ Recipes:
   contain the clicked pixel and say "object" (`PromptSettings.p_unlabelled_click` 0.5).
 - `frozen_encoder`: the image encoder frozen, every other module trained (`/train {"train_modules":
   "no_image_encoder"}`): the module whose change alone erased what the demo model could do (`--modules`).
+- `keep_start`: half the clips also answer three clicks outside the labelled lung as the demo model
+  answers them (learning without forgetting, `TrainConfig.keep_start` 0.5; `/train {"keep_start": 0.5}`).
+- `keep_start_unlabelled`: the same, half of those clicks on unlabelled images, as `/train` takes them
+  from the datastore's other studies: the head CT and Colin27 (the very images the skull, the head and
+  Colin27 are clicked on below: in a datastore they are the studies waiting to be labelled), two
+  phantoms (seeds 200, 201) and two twin pairs (6000, 6001), not those clicked below.
 
 `drift` is the root-mean-square distance of the trained weights from the demo model's.
 
@@ -66,6 +72,8 @@ RECIPES = {
     "anchor100": {"anchor": 100.0},
     "unlabelled_click": {"prompts.p_unlabelled_click": 0.5},
     "frozen_encoder": {"train_modules": "no_image_encoder"},
+    "keep_start": {"keep_start": 0.5},
+    "keep_start_unlabelled": {"keep_start": 0.5, "unlabelled": True},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)
 TWIN_SEEDS = (5000, 5001, 5002, 5003)
@@ -92,6 +100,8 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     from medsam2.training.loop import train
 
     left = (volume.label == volume.structures["lung_left"]).astype(np.int16)
+    recipe = dict(recipe)
+    with_unlabelled = recipe.pop("unlabelled", False)
     # max_minutes off: every recipe runs its steps, however busy the machine is
     cfg = default_config(out, steps, max_minutes=None, seed=seed, **({"clip_len": clip_len} if clip_len else {}),
                          **recipe)
@@ -101,8 +111,20 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
             print(entry, flush=True)
 
     replay = training_pairs() if cfg.replay_share > 0 else None
-    result = train(cfg, [(volume.image, left)], [], log=log, replay_pairs=replay)
+    result = train(cfg, [(volume.image, left)], [], log=log, replay_pairs=replay,
+                   unlabelled_images=unlabelled_images() if with_unlabelled else None)
     return {"steps": result.steps, "seconds": round(result.seconds, 1)}
+
+
+def unlabelled_images() -> list[np.ndarray]:
+    """`keep_start_unlabelled`'s images: the head CT, Colin27 cropped, phantoms 200-201, twins 6000-6001."""
+    from medsam2.memory_phantoms import make_memory_phantom
+    from medsam2.phantoms import make_phantom
+
+    colin = real_data.colin27()
+    colin = real_data.crop_to(colin, list(colin.structures.values()), margin_mm=10)
+    return ([real_data.cranium().image, colin.image] + [make_phantom((64, 64, 32), seed=s).image for s in (200, 201)]
+            + [make_memory_phantom("twins", seed=s).image for s in (6000, 6001)])
 
 
 @functools.cache

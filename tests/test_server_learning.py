@@ -172,19 +172,24 @@ def test_scoring_then_next_sample_hands_over_the_least_confident_image(learning_
 
 @pytest.mark.torchrun
 def test_training_on_two_cpu_processes_runs_under_torchrun_and_rank_0_publishes(learning_server):
-    """`cpu_processes` 2 on a machine without GPUs: 2 gloo processes launched by torchrun (training/launch.py)."""
+    """`cpu_processes` 2 on a machine without GPUs: 2 gloo processes launched by torchrun (training/launch.py).
+    With `keep_start` the ranks also read the datastore's unlabelled images (phantom_900..902), from the
+    weights the first test published (keep_start needs a checkpoint to start from)."""
     import json
 
     server = learning_server
     before = {str(p): p.stat().st_mtime_ns for p in (server.model_dir / "finetuned").glob("*.pt")}
     # val_split 0: no validation, so the run publishes whatever 3 steps give (this checks the launch, not learning)
     r = requests.post(f"{server.url}/train/medsam2", json={"cpu_processes": 2, "max_steps": 3,
-                                                            "val_split": 0, "clip_len": 4, "seed": 1}, timeout=60)
+                                                            "val_split": 0, "clip_len": 4, "seed": 1,
+                                                            "keep_start": 1}, timeout=60)
     assert r.status_code == 200, r.text
     status = wait_for_task(server.url, "train", 900)
     assert status["status"] == "DONE", status.get("details")
     stats = train_stats(server)
-    assert stats["status"] == "DONE" and stats["steps"] == 3
+    assert stats["status"] == "DONE" and stats["steps"] == 3 and stats["unlabelled_images"] == 3
+    job = json.loads((server.model_dir / "train" / "torchrun-job.json").read_text())
+    assert sorted(Path(f).name.split(".")[0] for f in job["unlabelled"]) == ["phantom_900", "phantom_901", "phantom_902"]
     published = Path(stats["published"])
     assert published.parent == server.model_dir / "finetuned" and published.stat().st_mtime_ns != before.get(
         str(published))  # published (again), in place

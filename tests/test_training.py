@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from medsam2 import predictor
 from medsam2.checkpoints import ModelSpec, build_model, save_checkpoint
+from medsam2.evaluation.metrics import dice
 from medsam2.phantoms import make_phantom
 from medsam2.training.clips import ClipSampler, LabelledVolume
 from medsam2.training.objective import ClipObjective
@@ -472,3 +474,42 @@ def test_a_click_outside_the_labels_is_pulled_into_its_answer_and_the_term_is_of
     parts = objective(clip, np.random.default_rng(1))
     assert float(parts["unlabelled_click"]) > 0
     assert "unlabelled_click" not in ClipObjective(model)(clip, np.random.default_rng(1))
+
+
+def test_keeping_the_starts_answers_costs_nothing_at_the_start_and_pulls_a_drifted_model_back(tmp_path):
+    """`TrainConfig.keep_start` (`/train {"keep_start": x}`, keep_start.py): the term is 0 while the model
+    is the start (same weights, same answers); once the weights have drifted (noise of 2 % of each
+    tensor's spread), a few optimiser steps on the term alone bring the answers to the same clicks back
+    toward the start's. It needs a checkpoint to start from."""
+    from medsam2.checkpoints import resolve_spec
+    from medsam2.training.keep_start import StartAnswers
+    from medsam2.training.loop import TrainConfig, train
+    from medsam2.training.prompt_sim import unlabelled_click
+
+    spec = resolve_spec("demo", None, None, REPO / "model")
+    unseen = make_phantom((32, 32, 12), seed=51)
+    frame = ClipSampler([LabelledVolume(unseen.image, unseen.label, None, spec.preprocess)], spec.image_size,
+                        clip_len=1, seed=0, preprocess=spec.preprocess).sample().frames
+    points = unlabelled_click(np.zeros((1,) + frame.shape[-2:], bool), np.random.default_rng(0), 16)
+    model = build_model(spec, for_training=True)
+    start = StartAnswers(model, 1.0)
+
+    def term():
+        return start.loss(model, model.forward_image(frame), frame, 0, points, 12)
+
+    assert abs(float(term())) < 1e-4
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1:
+                p.add_(0.1 * p.std() * torch.randn_like(p))
+    drifted = float(term())
+    optimiser = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for _ in range(5):
+        optimiser.zero_grad()
+        term().backward()
+        optimiser.step()
+    assert float(term()) < 0.7 * drifted and drifted > 0.01, (drifted, float(term()))
+    with pytest.raises(ValueError, match="needs one to start from"):
+        train(TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp_path / "x.pt", keep_start=0.5),
+              [(unseen.image, unseen.label)], [], log=lambda entry: None)

@@ -98,14 +98,15 @@ def replay_pairs(cfg: TrainConfig):
     return training_pairs()
 
 
-def write_job(path: Path, cfg: TrainConfig, train_files: list, val_files: list) -> Path:
+def write_job(path: Path, cfg: TrainConfig, train_files: list, val_files: list, unlabelled_files=()) -> Path:
     """A job file for `torchrun ... -m medsam2.training.launch --job path`; the errors an earlier job of
-    that name recorded are removed."""
+    that name recorded are removed. `unlabelled_files`: images for `cfg.keep_start` (keep_start.py)."""
     path = Path(path)
     for old in error_files(path):
         old.unlink(missing_ok=True)
     path.write_text(json.dumps({"config": config_to_json(cfg), "train": [list(map(str, p)) for p in train_files],
-                                "val": [list(map(str, p)) for p in val_files]}, indent=1))
+                                "val": [list(map(str, p)) for p in val_files],
+                                "unlabelled": [str(p) for p in unlabelled_files]}, indent=1))
     return path
 
 
@@ -120,6 +121,14 @@ def read_pairs(files: list) -> list[tuple[np.ndarray, np.ndarray]]:
         label = np.squeeze(np.asarray(load(label_path))).astype(np.int64)
         pairs.append((image, label))
     return pairs
+
+
+def read_images(files: list) -> list[np.ndarray]:
+    """Image arrays from paths, read by MONAI's LoadImage."""
+    from monai.transforms import LoadImage
+
+    load = LoadImage(image_only=True)
+    return [np.squeeze(np.asarray(load(path), dtype=np.float32)) for path in files]
 
 
 def result_path(job: Path) -> Path:
@@ -161,7 +170,7 @@ def run(job: Path) -> TrainResult | None:
         log = (lambda entry: print(f"medsam2 train: {json.dumps(entry, default=float)}", flush=True)) if rank == 0 \
             else (lambda entry: None)
         result = train(cfg, read_pairs(spec["train"]), read_pairs(spec["val"]), log=log, rank=rank, world_size=world,
-                       replay_pairs=replay_pairs(cfg))
+                       replay_pairs=replay_pairs(cfg), unlabelled_images=read_images(spec.get("unlabelled", [])))
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()

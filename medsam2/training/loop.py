@@ -29,6 +29,7 @@ from ..propagation import Segmenter, pick_device
 from ..settings import EngineSettings
 from ..prompts import ObjectPrompt
 from .clips import Augment, ClipSampler, LabelledVolume, ReplaySampler
+from .keep_start import StartAnswers, UnlabelledFrames
 from .objective import ClipObjective, LossWeights
 from .prompt_sim import PromptSettings
 from .schedule import StepPlan
@@ -52,6 +53,9 @@ class TrainConfig:
     # decoupled decay aimed at the starting weights instead of zero. A weight then drifts at most about
     # 1/anchor from where it started (Adam moves it about lr a step). 0: off; needs an init_checkpoint
     anchor: float = 0.0
+    # learning without forgetting (keep_start.py): the share of clips on which the model also answers
+    # clicks outside the labels as the weights it started from answer them. 0: off; needs an init_checkpoint
+    keep_start: float = 0.0
     promote_margin: float = 0.01  # a candidate is published only if its validation Dice beats the served model's by this
     max_steps: int = 200
     max_minutes: float | None = None
@@ -255,13 +259,17 @@ def train_step(objective: ClipObjective, sampler: ClipSampler, rng: np.random.Ge
 
 def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] = print,
           should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world_size: int = 1,
-          replay_pairs=None, score: Callable[[torch.nn.Module], float] | None = None) -> TrainResult:
+          replay_pairs=None, score: Callable[[torch.nn.Module], float] | None = None,
+          unlabelled_images=None) -> TrainResult:
     """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up).
     `replay_pairs`: what the model was trained on before, drawn for `cfg.replay_share` of the clips.
+    `unlabelled_images`: images no one labelled, whose answers `cfg.keep_start` keeps (keep_start.py).
     `score(model)`: how the weights are judged at each validation, higher is better (default: the
     one-click Dice over `val_pairs`); it runs with the model in eval mode, only when `val_pairs` is given."""
     if cfg.anchor and cfg.init_checkpoint is None:
         raise ValueError("anchor pulls the weights back toward a checkpoint's: it needs one to start from")
+    if cfg.keep_start and cfg.init_checkpoint is None:
+        raise ValueError("keep_start keeps a checkpoint's answers: it needs one to start from")
     t0 = clock()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -275,7 +283,10 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     prompts = cfg.prompts if cfg.prompts.p_true_memory is not None else \
         replace(cfg.prompts, p_true_memory=recipe.p_true_memory)
     memory_lr_scale = recipe.memory_lr_scale if cfg.memory_lr_scale is None else cfg.memory_lr_scale
-    objective = ClipObjective(model, cfg.weights, prompts, train_image_encoder=encoder_trains)
+    unlabelled = UnlabelledFrames(unlabelled_images, model.image_size, cfg.intensity, model.preprocess) \
+        if cfg.keep_start and unlabelled_images else None
+    start = StartAnswers(model, cfg.keep_start, unlabelled) if cfg.keep_start else None
+    objective = ClipObjective(model, cfg.weights, prompts, train_image_encoder=encoder_trains, start=start)
     wrapped = objective
     if world_size > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(

@@ -15,12 +15,15 @@ Pointer distances are scaled by the source volume's slice count (`num_frames`), 
 not by the clip's length. With `PromptSettings.p_true_memory` a clip's tracked frames are remembered
 from their true masks instead of the predictions (teacher forcing of the memory), so that early in
 training the memory attention learns from clean memories; the losses are the model's own predictions. With `PromptSettings.p_unlabelled_click` a clip also gets
-one click outside its labels, whose answer must contain the clicked pixel (`click_kept_loss`).
+one click outside its labels, whose answer must contain the clicked pixel (`click_kept_loss`). With a
+`start` (keep_start.StartAnswers) a share of clips also pulls the answers to clicks outside the labels
+toward those of the weights the run started from (`keep_start_loss`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +33,9 @@ from monai.losses import DiceLoss, FocalLoss
 from ..predictor import last_decoder_outputs
 from .clips import Clip
 from .prompt_sim import PromptSettings, add_corrections, choose_kind, initial_points, unlabelled_click
+
+if TYPE_CHECKING:
+    from .keep_start import StartAnswers
 
 
 @dataclass
@@ -43,16 +49,20 @@ class LossWeights:
     # the click-outside-the-labels term (PromptSettings.p_unlabelled_click); a missed pixel costs about 8
     # nats on the demo model at first, against a mask loss of 0.1-0.9
     unlabelled_click: float = 0.2
+    keep_start: float = 1.0  # the keep-the-start's-answers term (keep_start.py), on the clips that have it
 
 
 class ClipObjective(torch.nn.Module):
     def __init__(self, model, weights: LossWeights | None = None, prompts: PromptSettings | None = None,
-                 train_image_encoder: bool = True):
+                 train_image_encoder: bool = True, start: "StartAnswers | None" = None):
         super().__init__()
         self.model = model
         self.weights = weights or LossWeights()
         self.prompts = prompts or PromptSettings()
         self.train_image_encoder = train_image_encoder
+        # the starting weights' answers and the share of clips that keeps them (None: off); a plain
+        # attribute, not a submodule, so that DDP and the published state dict never see its weights
+        self.start = start
         self.focal = FocalLoss(use_softmax=False, gamma=2.0, alpha=0.25, reduction="none")
         self.dice = DiceLoss(sigmoid=True, reduction="none")
 
@@ -98,13 +108,7 @@ class ClipObjective(torch.nn.Module):
         points = unlabelled_click(truth[0].cpu().numpy(), rng)
         if points is None:
             return None
-        feats, pos, sizes = self._frame_features(backbone, 0, 1)
-        self.model.track_step(frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats,
-                              current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs={
-                                  k: v.to(truth.device) for k, v in points.items()}, mask_inputs=None,
-                              output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-                              num_frames=num_frames, run_mem_encoder=False)
-        _, high, _, _, _, _, obj_logits = last_decoder_outputs()  # high: (1, M, S, S)
+        _, high, _, _, _, _, obj_logits = decode_alone(self.model, backbone, 0, points, num_frames)  # (1, M, S, S)
         x, y = (int(c) for c in points["point_coords"][0, 0])
         size = high.shape[-1]
         patch = high[..., max(0, y - 1):min(size, y + 2), max(0, x - 1):min(size, x + 2)].float()
@@ -112,12 +116,24 @@ class ClipObjective(torch.nn.Module):
         return (F.binary_cross_entropy_with_logits(patch, torch.ones_like(patch))
                 + F.binary_cross_entropy_with_logits(score, torch.ones_like(score)))
 
-    def _frame_features(self, backbone: dict, t: int, n: int):
-        """Frame t's (vision feats, positional encodings, feature sizes) for n objects, SAM 2's layout."""
-        frame_out = {"backbone_fpn": [f[t : t + 1].expand(n, -1, -1, -1) for f in backbone["backbone_fpn"]],
-                     "vision_pos_enc": [p[t : t + 1].expand(n, -1, -1, -1) for p in backbone["vision_pos_enc"]]}
-        _, feats, pos, sizes = self.model._prepare_backbone_features(frame_out)
-        return feats, pos, sizes
+    def keep_start_loss(self, backbone: dict, frames: torch.Tensor, truth: torch.Tensor, num_frames: int,
+                        rng: np.random.Generator) -> torch.Tensor | None:
+        """Clicks outside the labelled structures of one random frame of the clip, or (half the draws, where
+        the start has them) anywhere on a slice of an unlabelled image, answered by the model and by the
+        weights the run started from (keep_start.StartAnswers); None where the labels cover the frame."""
+        if self.start.unlabelled is not None and rng.random() < 0.5:
+            frames, num_frames = self.start.unlabelled.sample(rng)
+            frames = frames.to(truth.device)
+            with torch.set_grad_enabled(self.train_image_encoder and torch.is_grad_enabled()):
+                backbone = self.model.forward_image(frames)
+            t, labelled = 0, np.zeros((1,) + tuple(frames.shape[-2:]), dtype=bool)
+        else:
+            t = int(rng.integers(len(frames)))
+            labelled = truth[t].cpu().numpy()
+        points = unlabelled_click(labelled, rng, self.start.candidates)
+        if points is None:
+            return None
+        return self.start.loss(self.model, backbone, frames, t, points, num_frames)
 
     def forward(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         model = self.model
@@ -133,7 +149,7 @@ class ClipObjective(torch.nn.Module):
         memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         terms: list[tuple[bool, dict[str, torch.Tensor]]] = []  # (prompted, loss parts)
         for t in range(L):
-            feats, pos, sizes = self._frame_features(backbone, t, N)
+            feats, pos, sizes = frame_features(model, backbone, t, N)
             step = dict(frame_idx=t, current_vision_feats=feats, current_vision_pos_embeds=pos, feat_sizes=sizes,
                         output_dict=memory, num_frames=num_frames)
             if t in cond:
@@ -172,6 +188,12 @@ class ClipObjective(torch.nn.Module):
             parts["unlabelled_click"] = kept.detach() if kept is not None else torch.zeros((), device=device)
             if kept is not None:
                 parts["loss"] = parts["loss"] + self.weights.unlabelled_click * kept
+        if self.start is not None:  # off: no draw from rng, as above
+            kept = self.keep_start_loss(backbone, frames, truth, num_frames, rng) \
+                if rng.random() < self.start.share else None
+            parts["keep_start"] = kept.detach() if kept is not None else torch.zeros((), device=device)
+            if kept is not None:
+                parts["loss"] = parts["loss"] + self.weights.keep_start * kept
         return parts
 
     def _combine(self, terms, device) -> dict[str, torch.Tensor]:
@@ -186,3 +208,24 @@ class ClipObjective(torch.nn.Module):
             group = [t["mask"].detach() for prompted, t in terms if prompted == flag]
             parts[name] = sum(group) / len(group) if group else zero
         return parts
+
+
+def frame_features(model, backbone: dict, t: int, n: int):
+    """Frame t's (vision feats, positional encodings, feature sizes) for n objects, SAM 2's layout."""
+    frame_out = {"backbone_fpn": [f[t : t + 1].expand(n, -1, -1, -1) for f in backbone["backbone_fpn"]],
+                 "vision_pos_enc": [p[t : t + 1].expand(n, -1, -1, -1) for p in backbone["vision_pos_enc"]]}
+    _, feats, pos, sizes = model._prepare_backbone_features(frame_out)
+    return feats, pos, sizes
+
+
+def decode_alone(model, backbone: dict, t: int, points: dict, num_frames: int) -> tuple:
+    """Frame t prompted with `points` (one object per row), decoded with nothing remembered; SAM 2's
+    decoder outputs (predictor.last_decoder_outputs: multimask logits, IoUs, object score, ...)."""
+    n = len(points["point_labels"])
+    feats, pos, sizes = frame_features(model, backbone, t, n)
+    device = feats[-1].device
+    model.track_step(frame_idx=t, is_init_cond_frame=True, current_vision_feats=feats, current_vision_pos_embeds=pos,
+                     feat_sizes=sizes, point_inputs={k: v.to(device) for k, v in points.items()}, mask_inputs=None,
+                     output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames=num_frames,
+                     run_mem_encoder=False)
+    return last_decoder_outputs()

@@ -75,11 +75,13 @@ def add_corrections(point_inputs: dict, pred: np.ndarray, truth: np.ndarray) -> 
     }
 
 
-def unlabelled_click(truth: np.ndarray, rng: np.random.Generator):
-    """A positive click at a random pixel outside every structure of `truth` (N, S, S) bool, as
-    point_inputs for one object; None where the labelled structures cover the whole frame."""
-    p = random_point(~truth.any(axis=0), rng)
-    if p is None:
+def unlabelled_click(truth: np.ndarray, rng: np.random.Generator, count: int = 1):
+    """`count` positive clicks, each at a random pixel outside every structure of `truth` (N, S, S)
+    bool, as point_inputs for `count` objects of one click each; None where the labelled structures
+    cover the whole frame."""
+    free = ~truth.any(axis=0)
+    points = [random_point(free, rng) for _ in range(count)]
+    if points[0] is None:
         return None
-    return {"point_coords": torch.tensor([[[p[0] + 0.5, p[1] + 0.5]]], dtype=torch.float32),
-            "point_labels": torch.tensor([[1]], dtype=torch.int32)}
+    return {"point_coords": torch.tensor([[[p[0] + 0.5, p[1] + 0.5]] for p in points], dtype=torch.float32),
+            "point_labels": torch.ones((count, 1), dtype=torch.int32)}

@@ -19,7 +19,10 @@ the demo model's training data is known, generated here; docs/training.md), anch
 weight pulled back toward the served model's, against forgetting without the old data; needs a
 checkpoint to start from; docs/training.md), unlabelled_click (0: the share of clips that also get a
 click outside the labels whose answer must contain it, so that one labelled structure teaches the click,
-not the anatomy, to name the target; docs/training.md, "Which lung: three seeds"), promote_margin (0.01: a
+not the anatomy, to name the target; docs/training.md, "Which lung: three seeds"), keep_start (0: the share
+of clips on which clicks outside the labels, and on up to 8 of the datastore's unlabelled images, must be
+answered as the served model answered them, against forgetting without the old data; needs a checkpoint
+to start from; docs/training.md, "Keeping the start's answers"), promote_margin (0.01: a
 candidate is published only if its validation Dice beats the served model's, measured on the same
 images at the start of the run, by this much).
 """
@@ -57,6 +60,8 @@ from medsam2.training.validation import ValidationSet
 from medsam2.versions import VersionStore
 
 logger = logging.getLogger(__name__)
+
+MAX_UNLABELLED = 8  # unlabelled images a keep_start run reads (each held in memory for the run)
 
 
 class MedSam2Trainer(TrainTask):
@@ -115,6 +120,26 @@ class MedSam2Trainer(TrainTask):
             files.append((item["image"], item["label"]))
         return pairs, files, skipped
 
+    @staticmethod
+    def _unlabelled(datastore: Datastore, seed: int) -> tuple[list[np.ndarray], list[str]]:
+        """Up to MAX_UNLABELLED of the datastore's images without a label (a draw by `seed`), as arrays
+        and files, for `keep_start`; an image that cannot be read is left out."""
+        ids = sorted(datastore.get_unlabeled_images())
+        images, files = [], []
+        for i in np.random.default_rng(seed).permutation(len(ids)):
+            if len(images) == MAX_UNLABELLED:
+                break
+            try:
+                path = datastore.get_image_uri(ids[i])
+                image = np.squeeze(read_image(path)[0]).astype(np.float32)
+            except Exception as e:  # as in _pairs: one unreadable image must not stop the run
+                logger.warning("keep_start: %s left out: %s", ids[i], getattr(e, "detail", e))
+                continue
+            if image.ndim in (2, 3):
+                images.append(image)
+                files.append(path)
+        return images, files
+
     def __call__(self, request, datastore: Datastore):
         """Train and publish; a failed run publishes nothing and says why in the stats (/info train_stats).
         One run at a time per model folder, across processes: replicas sharing the folder (and so its
@@ -161,13 +186,15 @@ class MedSam2Trainer(TrainTask):
             bad.append(f"anchor={cfg.anchor}")
         if not 0 <= cfg.prompts.p_unlabelled_click <= 1:
             bad.append(f"unlabelled_click={cfg.prompts.p_unlabelled_click}")
+        if not 0 <= cfg.keep_start <= 1:
+            bad.append(f"keep_start={cfg.keep_start}")
         if not math.isfinite(cfg.promote_margin):
             bad.append(f"promote_margin={cfg.promote_margin}")
         if cfg.max_minutes is not None and not math.isfinite(cfg.max_minutes):
             bad.append(f"max_minutes={cfg.max_minutes}")
         if bad:
             raise ValueError(f"training params out of range: {', '.join(bad)} (counts >= 1, lr a positive number, "
-                             "replay in [0, 1), anchor a number >= 0, unlabelled_click in [0, 1])")
+                             "replay in [0, 1), anchor a number >= 0, unlabelled_click and keep_start in [0, 1])")
         return cfg
 
     def _run(self, request, datastore: Datastore):
@@ -200,12 +227,15 @@ class MedSam2Trainer(TrainTask):
             seed=int(request.get("seed", 0)),
             replay_share=float(request.get("replay", 0) or 0),
             anchor=float(request.get("anchor", 0) or 0),
+            keep_start=float(request.get("keep_start", 0) or 0),
             prompts=PromptSettings(p_unlabelled_click=float(request.get("unlabelled_click", 0) or 0)),
             promote_margin=float(request.get("promote_margin", TrainConfig.promote_margin)),
         ))
         world = self._processes(request, cfg)
+        unlabelled, unlabelled_files = self._unlabelled(datastore, cfg.seed) if cfg.keep_start else ([], [])
         me = psutil.Process()
         stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
+                 "unlabelled_images": len(unlabelled),
                  "validation": [i for i, v in zip(ids, is_val) if v],
                  "start_from": str(current.checkpoint or "random weights"), "history": [],
                  "process": {"pid": me.pid, "started": me.create_time()}}
@@ -235,9 +265,10 @@ class MedSam2Trainer(TrainTask):
                             "processes": world})
             try:
                 if world > 1:
-                    result = self._torchrun(cfg, trn_files, val_files, world, log)
+                    result = self._torchrun(cfg, trn_files, val_files, world, log, unlabelled_files)
                 else:
-                    result = train(cfg, trn, val, log=log, replay_pairs=replay_pairs(cfg))
+                    result = train(cfg, trn, val, log=log, replay_pairs=replay_pairs(cfg),
+                                   unlabelled_images=unlabelled)
             finally:
                 writer.close()
             tracker.params({f"chosen.{k}": v for k, v in result.chosen.items()})
@@ -259,11 +290,11 @@ class MedSam2Trainer(TrainTask):
         return stats
 
 
-    def _torchrun(self, cfg: TrainConfig, trn_files, val_files, world: int, log) -> SimpleNamespace:
+    def _torchrun(self, cfg: TrainConfig, trn_files, val_files, world: int, log, unlabelled_files=()) -> SimpleNamespace:
         """The run as `torchrun --nproc_per_node <world> -m medsam2.training.launch` (NCCL on GPUs, gloo
         on CPUs), its rendezvous on 127.0.0.1; rank 0's log lines are passed on as they come. A stop
         (MONAI Label kills the train process and its children) ends the ranks with it."""
-        job = write_job(self.stats_path.parent / "torchrun-job.json", cfg, trn_files, val_files)
+        job = write_job(self.stats_path.parent / "torchrun-job.json", cfg, trn_files, val_files, unlabelled_files)
         cmd, env = one_machine_command(job, world)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail = []

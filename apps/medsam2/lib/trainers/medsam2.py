@@ -232,13 +232,15 @@ class MedSam2Trainer(TrainTask):
             promote_margin=float(request.get("promote_margin", TrainConfig.promote_margin)),
         ))
         world = self._processes(request, cfg)
-        unlabelled, unlabelled_files = self._unlabelled(datastore, cfg.seed) if cfg.keep_start else ([], [])
         me = psutil.Process()
         stats = {"status": "RUNNING", "train_images": len(trn), "val_images": len(val), "skipped": skipped,
-                 "unlabelled_images": len(unlabelled),
                  "validation": [i for i, v in zip(ids, is_val) if v],
                  "start_from": str(current.checkpoint or "random weights"), "history": [],
                  "process": {"pid": me.pid, "started": me.create_time()}}
+        self._write_stats(stats)
+        # after RUNNING is shown: from a DICOMweb datastore each image is a series to fetch first
+        unlabelled, unlabelled_files = self._unlabelled(datastore, cfg.seed) if cfg.keep_start else ([], [])
+        stats["unlabelled_images"] = len(unlabelled)
         self._write_stats(stats)
         from torch.utils.tensorboard import SummaryWriter
 

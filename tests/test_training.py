@@ -9,7 +9,6 @@ import torch
 from conftest import REPO
 from medsam2 import predictor
 from medsam2.checkpoints import ModelSpec, build_model, save_checkpoint
-from medsam2.evaluation.metrics import dice
 from medsam2.phantoms import make_phantom
 from medsam2.training.clips import ClipSampler, LabelledVolume
 from medsam2.training.objective import ClipObjective

@@ -116,8 +116,10 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
     return {"steps": result.steps, "seconds": round(result.seconds, 1)}
 
 
+@functools.cache
 def unlabelled_images() -> list[np.ndarray]:
-    """`keep_start_unlabelled`'s images: the head CT, Colin27 cropped, phantoms 200-201, twins 6000-6001."""
+    """`keep_start_unlabelled`'s images: the head CT, Colin27 cropped, phantoms 200-201, twins 6000-6001
+    (read and made once, for every run that uses them)."""
     from medsam2.memory_phantoms import make_memory_phantom
     from medsam2.phantoms import make_phantom
 

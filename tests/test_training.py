@@ -477,7 +477,7 @@ def test_a_click_outside_the_labels_is_pulled_into_its_answer_and_the_term_is_of
 
 def test_keeping_the_starts_answers_costs_nothing_at_the_start_and_pulls_a_drifted_model_back(tmp_path):
     """`TrainConfig.keep_start` (`/train {"keep_start": x}`, keep_start.py): the term is 0 while the model
-    is the start (same weights, same answers); once the weights have drifted (noise of 2 % of each
+    is the start (same weights, same answers); once the weights have drifted (noise of 10 % of each
     tensor's spread), a few optimiser steps on the term alone bring the answers to the same clicks back
     toward the start's. It needs a checkpoint to start from."""
     from medsam2.checkpoints import resolve_spec

@@ -121,13 +121,14 @@ class MedSam2Trainer(TrainTask):
         return pairs, files, skipped
 
     @staticmethod
-    def _unlabelled(datastore: Datastore, seed: int) -> tuple[list[np.ndarray], list[str]]:
-        """Up to MAX_UNLABELLED of the datastore's images without a label (a draw by `seed`), as arrays
-        and files, for `keep_start`; an image that cannot be read is left out."""
+    def _unlabelled(datastore: Datastore, seed: int, keep_arrays: bool) -> tuple[list[np.ndarray], list[str]]:
+        """Up to MAX_UNLABELLED of the datastore's images without a label (a draw by `seed`), for
+        `keep_start`: their files, and their arrays where `keep_arrays` (a run in this process; torchrun's
+        ranks read the files themselves). Each is read here, so that one that cannot be read is left out."""
         ids = sorted(datastore.get_unlabeled_images())
         images, files = [], []
         for i in np.random.default_rng(seed).permutation(len(ids)):
-            if len(images) == MAX_UNLABELLED:
+            if len(files) == MAX_UNLABELLED:
                 break
             try:
                 path = datastore.get_image_uri(ids[i])
@@ -136,8 +137,9 @@ class MedSam2Trainer(TrainTask):
                 logger.warning("keep_start: %s left out: %s", ids[i], getattr(e, "detail", e))
                 continue
             if image.ndim in (2, 3):
-                images.append(image)
                 files.append(path)
+                if keep_arrays:
+                    images.append(image)
         return images, files
 
     def __call__(self, request, datastore: Datastore):
@@ -239,8 +241,9 @@ class MedSam2Trainer(TrainTask):
                  "process": {"pid": me.pid, "started": me.create_time()}}
         self._write_stats(stats)
         # after RUNNING is shown: from a DICOMweb datastore each image is a series to fetch first
-        unlabelled, unlabelled_files = self._unlabelled(datastore, cfg.seed) if cfg.keep_start else ([], [])
-        stats["unlabelled_images"] = len(unlabelled)
+        unlabelled, unlabelled_files = (self._unlabelled(datastore, cfg.seed, keep_arrays=world == 1)
+                                        if cfg.keep_start else ([], []))
+        stats["unlabelled_images"] = len(unlabelled_files)
         self._write_stats(stats)
         from torch.utils.tensorboard import SummaryWriter
 
@@ -292,7 +295,8 @@ class MedSam2Trainer(TrainTask):
         return stats
 
 
-    def _torchrun(self, cfg: TrainConfig, trn_files, val_files, world: int, log, unlabelled_files=()) -> SimpleNamespace:
+    def _torchrun(self, cfg: TrainConfig, trn_files, val_files, world: int, log,
+                  unlabelled_files=()) -> SimpleNamespace:
         """The run as `torchrun --nproc_per_node <world> -m medsam2.training.launch` (NCCL on GPUs, gloo
         on CPUs), its rendezvous on 127.0.0.1; rank 0's log lines are passed on as they come. A stop
         (MONAI Label kills the train process and its children) ends the ranks with it."""

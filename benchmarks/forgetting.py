@@ -74,6 +74,7 @@ RECIPES = {
     "frozen_encoder": {"train_modules": "no_image_encoder"},
     "keep_start": {"keep_start": 0.5},
     "keep_start_unlabelled": {"keep_start": 0.5, "unlabelled": True},
+    "keep_start_tracked": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": True},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)
 TWIN_SEEDS = (5000, 5001, 5002, 5003)

@@ -25,10 +25,8 @@ import contextlib
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -69,23 +67,13 @@ def measure(clip_len: int, clips: int, bf16: bool, volume, max_objects: int | No
     under torch.profiler, which slows every part."""
     import torch
 
-    from medsam2.checkpoints import ModelSpec, build_model
-    from medsam2.training.clips import ClipSampler, LabelledVolume
-    from medsam2.training.loop import TrackingRecipe, configure_trainable, param_groups
-    from medsam2.training.objective import ClipObjective
+    from medsam2.training.loop import setup_rank
 
-    cfg = default_config(Path("unused.pt"), 1, clip_len=clip_len, **({"max_objects": max_objects} if max_objects else {}))
-    spec = ModelSpec(cfg.model_config, cfg.image_size, cfg.init_checkpoint, cfg.preprocess, cfg.postprocess)
-    torch.manual_seed(0)
-    model = build_model(spec, device=torch.device("cpu"), for_training=True)
-    encoder_trains = configure_trainable(model, cfg.train_modules, True)
-    recipe = TrackingRecipe.for_model(model, True)
-    objective = ClipObjective(model, cfg.weights, replace(cfg.prompts, p_true_memory=recipe.p_true_memory),
-                              train_image_encoder=encoder_trains)
-    opt = torch.optim.AdamW(param_groups(model, 1e-6, cfg.weight_decay, memory_lr_scale=recipe.memory_lr_scale))
-    sampler = ClipSampler([LabelledVolume(volume.image, trained_label(volume), cfg.intensity, model.preprocess)],
-                          model.image_size, cfg.clip_len, cfg.max_objects, seed=1, p_exit=cfg.p_exit,
-                          preprocess=model.preprocess, augment=cfg.augment)
+    # /train's rank, at a learning rate too small to change the clips' cost over the timed steps
+    cfg = default_config(Path("unused.pt"), 1, clip_len=clip_len, lr=1e-6, device="cpu",
+                         **({"max_objects": max_objects} if max_objects else {}))
+    run = setup_rank(cfg, [(volume.image, trained_label(volume))])
+    model, objective, sampler, opt, rng = run.model, run.objective, run.sampler, run.opt, run.rng
     seconds: dict[str, float] = defaultdict(float)
     time_modules(model, seconds)
     frame_loss = objective.frame_loss
@@ -98,7 +86,6 @@ def measure(clip_len: int, clips: int, bf16: bool, volume, max_objects: int | No
 
     objective.frame_loss = timed_loss
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    rng = np.random.default_rng(0)
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
     structures = 0  # structures tracked, over the timed clips
     for i in range(WARMUP_CLIPS + clips):

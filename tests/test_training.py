@@ -475,11 +475,13 @@ def test_a_click_outside_the_labels_is_pulled_into_its_answer_and_the_term_is_of
     assert "unlabelled_click" not in ClipObjective(model)(clip, np.random.default_rng(1))
 
 
-def test_keeping_the_starts_answers_costs_nothing_at_the_start_and_pulls_a_drifted_model_back(tmp_path):
+@pytest.mark.parametrize("slices", [1, 4])
+def test_keeping_the_starts_answers_costs_nothing_at_the_start_and_pulls_a_drifted_model_back(tmp_path, slices):
     """`TrainConfig.keep_start` (`/train {"keep_start": x}`, keep_start.py): the term is 0 while the model
     is the start (same weights, same answers); once the weights have drifted (noise of 10 % of each
     tensor's spread), a few optimiser steps on the term alone bring the answers to the same clicks back
-    toward the start's. It needs a checkpoint to start from."""
+    toward the start's, on the clicked slice alone and on slices tracked after it
+    (`TrainConfig.keep_start_slices`). It needs a checkpoint to start from."""
     from medsam2.checkpoints import resolve_spec
     from medsam2.training.keep_start import StartAnswers
     from medsam2.training.loop import TrainConfig, train
@@ -487,14 +489,14 @@ def test_keeping_the_starts_answers_costs_nothing_at_the_start_and_pulls_a_drift
 
     spec = resolve_spec("demo", None, None, REPO / "model")
     unseen = make_phantom((32, 32, 12), seed=51)
-    frame = ClipSampler([LabelledVolume(unseen.image, unseen.label, None, spec.preprocess)], spec.image_size,
-                        clip_len=1, seed=0, preprocess=spec.preprocess).sample().frames
-    points = unlabelled_click(np.zeros((1,) + frame.shape[-2:], bool), np.random.default_rng(0), 16)
-    model = build_model(spec, for_training=True)
-    start = StartAnswers(model, 1.0)
+    frames = ClipSampler([LabelledVolume(unseen.image, unseen.label, None, spec.preprocess)], spec.image_size,
+                         clip_len=slices, seed=0, preprocess=spec.preprocess).sample().frames
+    points = unlabelled_click(np.zeros((1,) + frames.shape[-2:], bool), np.random.default_rng(0), 16)
+    model = build_model(spec, for_training=True).eval()  # memory attention's dropout off: the same answers
+    start = StartAnswers(model, 1.0, slices=slices)
 
     def term():
-        return start.loss(model, model.forward_image(frame), frame, 0, points, 12)
+        return start.loss(model, model.forward_image(frames), frames, list(range(slices)), points, 12)
 
     assert abs(float(term())) < 1e-4
     torch.manual_seed(0)

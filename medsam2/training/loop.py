@@ -56,6 +56,7 @@ class TrainConfig:
     # learning without forgetting (keep_start.py): the share of clips on which the model also answers
     # clicks outside the labels as the weights it started from answer them. 0: off; needs an init_checkpoint
     keep_start: float = 0.0
+    keep_start_slices: int = 1  # slices each keep_start draw is answered on: the clicked one, then tracked after it
     promote_margin: float = 0.01  # a candidate is published only if its validation Dice beats the served model's by this
     max_steps: int = 200
     max_minutes: float | None = None
@@ -257,20 +258,34 @@ def train_step(objective: ClipObjective, sampler: ClipSampler, rng: np.random.Ge
     return parts_sum
 
 
-def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] = print,
-          should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world_size: int = 1,
-          replay_pairs=None, score: Callable[[torch.nn.Module], float] | None = None,
-          unlabelled_images=None) -> TrainResult:
-    """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up).
-    `replay_pairs`: what the model was trained on before, drawn for `cfg.replay_share` of the clips.
-    `unlabelled_images`: images no one labelled, whose answers `cfg.keep_start` keeps (keep_start.py).
-    `score(model)`: how the weights are judged at each validation, higher is better (default: the
-    one-click Dice over `val_pairs`); it runs with the model in eval mode, only when `val_pairs` is given."""
+@dataclass
+class RankSetup:
+    """What one rank of a run trains with, built from its TrainConfig by `setup_rank`: `train` steps it,
+    and benchmarks/step_cost.py times its parts one by one."""
+
+    model: torch.nn.Module
+    objective: ClipObjective
+    wrapped: torch.nn.Module  # the objective, in DistributedDataParallel where the run has several ranks
+    opt: torch.optim.Optimizer
+    params: list  # the trainable parameters (their gradients are clipped together)
+    sampler: ClipSampler | ReplaySampler
+    rng: np.random.Generator  # the prompts' and corrections' draws
+    device: torch.device
+    anchor: StartAnchor | None
+    chosen: dict  # what the run chose where cfg left it to the model (TrainResult.chosen)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+
+
+def setup_rank(cfg: TrainConfig, train_pairs, rank: int = 0, world_size: int = 1, replay_pairs=None,
+               unlabelled_images=None) -> RankSetup:
+    """The model from `cfg.init_checkpoint` with the modules that train, its objective, AdamW's groups and
+    the clips of `train_pairs` (and of `replay_pairs`, `unlabelled_images`: see `train`) for rank `rank`."""
     if cfg.anchor and cfg.init_checkpoint is None:
         raise ValueError("anchor pulls the weights back toward a checkpoint's: it needs one to start from")
     if cfg.keep_start and cfg.init_checkpoint is None:
         raise ValueError("keep_start keeps a checkpoint's answers: it needs one to start from")
-    t0 = clock()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     if device.type == "cuda" and world_size > 1:
@@ -285,18 +300,14 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     memory_lr_scale = recipe.memory_lr_scale if cfg.memory_lr_scale is None else cfg.memory_lr_scale
     unlabelled = UnlabelledFrames(unlabelled_images, model.image_size, cfg.intensity, model.preprocess) \
         if cfg.keep_start and unlabelled_images else None
-    start = StartAnswers(model, cfg.keep_start, unlabelled) if cfg.keep_start else None
+    start = StartAnswers(model, cfg.keep_start, unlabelled, slices=cfg.keep_start_slices) if cfg.keep_start else None
     objective = ClipObjective(model, cfg.weights, prompts, train_image_encoder=encoder_trains, start=start)
     wrapped = objective
     if world_size > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     lr = cfg.lr or default_lr(model, cfg.init_checkpoint is not None)
-    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, memory_lr_scale))
-    plan = StepPlan(cfg.max_steps, cfg.max_minutes, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
-    anchor = StartAnchor(opt, cfg.anchor) if cfg.anchor else None
     volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
                           p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment)
@@ -305,9 +316,27 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
                              model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank + 7,
                              p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment)
         sampler = ReplaySampler(sampler, replay, cfg.replay_share, seed=cfg.seed + 1000 * rank + 11)
-    rng = np.random.default_rng(cfg.seed + 1000 * rank)
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    chosen = {"lr": lr, "image_encoder_trains": encoder_trains, "memory_lr_scale": memory_lr_scale,
+              "p_true_memory": prompts.p_true_memory}
+    return RankSetup(model, objective, wrapped, opt, [p for p in model.parameters() if p.requires_grad], sampler,
+                     np.random.default_rng(cfg.seed + 1000 * rank), device,
+                     StartAnchor(opt, cfg.anchor) if cfg.anchor else None, chosen)
+
+
+def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] = print,
+          should_stop: Callable[[], bool] = lambda: False, rank: int = 0, world_size: int = 1,
+          replay_pairs=None, score: Callable[[torch.nn.Module], float] | None = None,
+          unlabelled_images=None) -> TrainResult:
+    """Train on (image, label) pairs; with world_size > 1 this is one DDP rank (process group set up).
+    `replay_pairs`: what the model was trained on before, drawn for `cfg.replay_share` of the clips.
+    `unlabelled_images`: images no one labelled, whose answers `cfg.keep_start` keeps (keep_start.py).
+    `score(model)`: how the weights are judged at each validation, higher is better (default: the
+    one-click Dice over `val_pairs`); it runs with the model in eval mode, only when `val_pairs` is given."""
+    t0 = clock()
+    run = setup_rank(cfg, train_pairs, rank, world_size, replay_pairs, unlabelled_images)
+    model, opt = run.model, run.opt
+    plan = StepPlan(cfg.max_steps, cfg.max_minutes, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, plan.factor)
     is_main = rank == 0
 
     def validate() -> float:
@@ -331,11 +360,11 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
     step, stopped, t_first, validating_s = 0, False, clock(), 0.0
     for step in range(1, cfg.max_steps + 1):
         opt.zero_grad(set_to_none=True)
-        parts = train_step(wrapped, sampler, rng, clips_per_rank, autocast)
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        parts = train_step(run.wrapped, run.sampler, run.rng, clips_per_rank, run.autocast)
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
         opt.step()
-        if anchor is not None:
-            anchor.pull()
+        if run.anchor is not None:
+            run.anchor.pull()
         entry = {"step": step}
         if step == 1:
             t_first = clock()  # the first step's one-off costs are not timed
@@ -389,7 +418,5 @@ def train(cfg: TrainConfig, train_pairs, val_pairs, log: Callable[[dict], None] 
                 "model_config": cfg.model_config, "image_size": int(model.image_size), "steps": step,
                 "val_dice": best, "initial_val_dice": initial, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
-    chosen = {"lr": lr, "image_encoder_trains": encoder_trains, "memory_lr_scale": memory_lr_scale,
-              "p_true_memory": prompts.p_true_memory, "planned_steps": plan.total,
-              "clips_per_rank": clips_per_rank}
+    chosen = {**run.chosen, "planned_steps": plan.total, "clips_per_rank": clips_per_rank}
     return TrainResult(history, best, initial, published, step, clock() - t0, stopped, not_promoted, digests, chosen)

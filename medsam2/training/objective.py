@@ -120,9 +120,10 @@ class ClipObjective(torch.nn.Module):
                         rng: np.random.Generator) -> torch.Tensor | None:
         """Clicks outside the labelled structures of one random frame of the clip, or (half the draws, where
         the start has them) anywhere on a slice of an unlabelled image, answered by the model and by the
-        weights the run started from (keep_start.StartAnswers); None where the labels cover the frame."""
+        weights the run started from (keep_start.StartAnswers) on that frame and on up to `start.slices` - 1
+        frames tracked after it; None where the labels cover the frame."""
         if self.start.unlabelled is not None and rng.random() < 0.5:
-            frames, num_frames = self.start.unlabelled.sample(rng)
+            frames, num_frames = self.start.unlabelled.sample(rng, self.start.slices)
             frames = frames.to(truth.device)
             with torch.set_grad_enabled(self.train_image_encoder and torch.is_grad_enabled()):
                 backbone = self.model.forward_image(frames)
@@ -133,7 +134,8 @@ class ClipObjective(torch.nn.Module):
         points = unlabelled_click(labelled, rng, self.start.candidates)
         if points is None:
             return None
-        return self.start.loss(self.model, backbone, frames, t, points, num_frames)
+        tracked = list(range(t, min(len(frames), t + self.start.slices)))
+        return self.start.loss(self.model, backbone, frames, tracked, points, num_frames)
 
     def forward(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         model = self.model
@@ -218,14 +220,30 @@ def frame_features(model, backbone: dict, t: int, n: int):
     return feats, pos, sizes
 
 
+def prompt_and_track(model, backbone: dict, points: dict, num_frames: int, frames: list[int]) -> list[tuple]:
+    """`frames[0]` prompted with `points` (one object per row), then each of `frames[1:]` in turn segmented
+    from memory alone, as the engine tracks; SAM 2's decoder outputs of each (predictor.last_decoder_outputs:
+    multimask logits, IoUs, object score, ...). Nothing is remembered from before `frames[0]`."""
+    n = len(points["point_labels"])
+    memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    outputs = []
+    for i, t in enumerate(frames):
+        feats, pos, sizes = frame_features(model, backbone, t, n)
+        step = dict(frame_idx=i, current_vision_feats=feats, current_vision_pos_embeds=pos, feat_sizes=sizes,
+                    output_dict=memory, num_frames=num_frames, run_mem_encoder=i < len(frames) - 1)
+        if i == 0:
+            device = feats[-1].device
+            out = model.track_step(is_init_cond_frame=True, point_inputs={k: v.to(device) for k, v in points.items()},
+                                   mask_inputs=None, **step)
+            memory["cond_frame_outputs"][i] = out
+        else:
+            out = model.track_step(is_init_cond_frame=False, point_inputs=None, mask_inputs=None, **step)
+            memory["non_cond_frame_outputs"][i] = out
+        outputs.append(last_decoder_outputs())
+    return outputs
+
+
 def decode_alone(model, backbone: dict, t: int, points: dict, num_frames: int) -> tuple:
     """Frame t prompted with `points` (one object per row), decoded with nothing remembered; SAM 2's
     decoder outputs (predictor.last_decoder_outputs: multimask logits, IoUs, object score, ...)."""
-    n = len(points["point_labels"])
-    feats, pos, sizes = frame_features(model, backbone, t, n)
-    device = feats[-1].device
-    model.track_step(frame_idx=t, is_init_cond_frame=True, current_vision_feats=feats, current_vision_pos_embeds=pos,
-                     feat_sizes=sizes, point_inputs={k: v.to(device) for k, v in points.items()}, mask_inputs=None,
-                     output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames=num_frames,
-                     run_mem_encoder=False)
-    return last_decoder_outputs()
+    return prompt_and_track(model, backbone, points, num_frames, [t])[0]

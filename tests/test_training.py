@@ -514,3 +514,40 @@ def test_keeping_the_starts_answers_costs_nothing_at_the_start_and_pulls_a_drift
     with pytest.raises(ValueError, match="needs one to start from"):
         train(TrainConfig(model_config="sam2.1_hiera_micro", out_checkpoint=tmp_path / "x.pt", keep_start=0.5),
               [(unseen.image, unseen.label)], [], log=lambda entry: None)
+
+
+def test_keeping_the_starts_tracked_answers_sees_what_the_memory_forgets():
+    """A run forgets tracking more than the clicked slice (docs/training.md, "Keeping the start's answers").
+    With only the memory modules drifted, the clicked slice answers as before, so the term on it alone
+    (`keep_start_slices` 1) sees nothing; on four slices it sees the drift, and a few optimiser steps on it
+    bring the tracked answers back toward the start's."""
+    from medsam2.checkpoints import resolve_spec
+    from medsam2.training.keep_start import StartAnswers
+    from medsam2.training.prompt_sim import unlabelled_click
+
+    spec = resolve_spec("demo", None, None, REPO / "model")
+    unseen = make_phantom((32, 32, 12), seed=51)
+    frames = ClipSampler([LabelledVolume(unseen.image, unseen.label, None, spec.preprocess)], spec.image_size,
+                         clip_len=4, seed=0, preprocess=spec.preprocess).sample().frames
+    points = unlabelled_click(np.zeros((1,) + frames.shape[-2:], bool), np.random.default_rng(0), 16)
+    model = build_model(spec, for_training=True).eval()
+    clicked_only, tracked = StartAnswers(model, 1.0, slices=1), StartAnswers(model, 1.0, slices=4)
+
+    def term(start):
+        return start.loss(model, model.forward_image(frames), frames, list(range(start.slices)), points, 12)
+
+    torch.manual_seed(0)
+    memory = [p for name, p in model.named_parameters() if name.startswith(("memory_attention.", "memory_encoder."))]
+    with torch.no_grad():
+        for p in memory:
+            if p.numel() > 1:
+                p.add_(0.1 * p.std() * torch.randn_like(p))
+    assert abs(float(term(clicked_only))) < 1e-4
+    drifted = float(term(tracked))
+    assert drifted > 0.003, drifted
+    optimiser = torch.optim.SGD(memory, lr=1e-3)
+    for _ in range(5):
+        optimiser.zero_grad()
+        term(tracked).backward()
+        optimiser.step()
+    assert float(term(tracked)) < 0.7 * drifted, (drifted, float(term(tracked)))

@@ -25,6 +25,9 @@ Recipes:
   from the datastore's other studies: the head CT and Colin27 (the very images the skull, the head and
   Colin27 are clicked on below: in a datastore they are the studies waiting to be labelled), two
   phantoms (seeds 200, 201) and two twin pairs (6000, 6001), not those clicked below.
+  Both answer each click on the clicked slice alone (`keep_start_slices` 1).
+- `keep_start_tracked`: `keep_start_unlabelled` with each click also tracked by memory through the next
+  three slices, the start's answers kept on all four (`keep_start_slices` 4).
 
 `drift` is the root-mean-square distance of the trained weights from the demo model's.
 
@@ -72,8 +75,8 @@ RECIPES = {
     "anchor100": {"anchor": 100.0},
     "unlabelled_click": {"prompts.p_unlabelled_click": 0.5},
     "frozen_encoder": {"train_modules": "no_image_encoder"},
-    "keep_start": {"keep_start": 0.5},
-    "keep_start_unlabelled": {"keep_start": 0.5, "unlabelled": True},
+    "keep_start": {"keep_start": 0.5, "keep_start_slices": 1},
+    "keep_start_unlabelled": {"keep_start": 0.5, "keep_start_slices": 1, "unlabelled": True},
     "keep_start_tracked": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": True},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)

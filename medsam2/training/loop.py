@@ -56,7 +56,9 @@ class TrainConfig:
     # learning without forgetting (keep_start.py): the share of clips on which the model also answers
     # clicks outside the labels as the weights it started from answer them. 0: off; needs an init_checkpoint
     keep_start: float = 0.0
-    keep_start_slices: int = 1  # slices each keep_start draw is answered on: the clicked one, then tracked after it
+    # slices each keep_start draw is answered on: the clicked one, then those tracked after it by memory. 4:
+    # a run forgets tracking more than the clicked slice, and the clicked slice alone kept less (keep_start.py)
+    keep_start_slices: int = 4
     promote_margin: float = 0.01  # a candidate is published only if its validation Dice beats the served model's by this
     max_steps: int = 200
     max_minutes: float | None = None

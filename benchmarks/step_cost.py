@@ -27,7 +27,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

@@ -16,8 +16,9 @@ not by the clip's length. With `PromptSettings.p_true_memory` a clip's tracked f
 from their true masks instead of the predictions (teacher forcing of the memory), so that early in
 training the memory attention learns from clean memories; the losses are the model's own predictions. With `PromptSettings.p_unlabelled_click` a clip also gets
 one click outside its labels, whose answer must contain the clicked pixel (`click_kept_loss`). With a
-`start` (keep_start.StartAnswers) a share of clips also pulls the answers to clicks outside the labels
-toward those of the weights the run started from (`keep_start_loss`).
+`start` (keep_start.StartAnswers) a share of clips also pulls the answers to random clicks (on unlabelled
+images, else outside the labels), on the clicked slice and the slices tracked after it, toward those of
+the weights the run started from (`keep_start_loss`).
 """
 
 from __future__ import annotations

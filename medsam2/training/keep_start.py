@@ -54,7 +54,8 @@ class StartAnswers:
     def __init__(self, model: torch.nn.Module, share: float, unlabelled: UnlabelledFrames | None = None,
                  clicks: int = 3, candidates: int = 16, slices: int = 4):
         self.model = copy.deepcopy(model).eval()  # before the first step: the start's weights
-        self.unlabelled = unlabelled  # where given, the draws are on these frames, clicks anywhere (objective.UNLABELLED_SHARE)
+        # where given, the draws are on these frames, clicks anywhere (objective.UNLABELLED_SHARE)
+        self.unlabelled = unlabelled
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.share = float(share)  # the share of clips that get the term (TrainConfig.keep_start)

@@ -20,8 +20,8 @@ weight pulled back toward the served model's, against forgetting without the old
 checkpoint to start from; docs/training.md), unlabelled_click (0: the share of clips that also get a
 click outside the labels whose answer must contain it, so that one labelled structure teaches the click,
 not the anatomy, to name the target; docs/training.md, "Which lung: three seeds"), keep_start (0: the share
-of clips on which clicks outside the labels, and on up to 8 of the datastore's unlabelled images, must be
-answered as the served model answered them, on the clicked slice and on the three tracked after it,
+of clips on which random clicks on up to 8 of the datastore's unlabelled images (without any: outside the
+labels) must be answered as the served model answered them, on the clicked slice and the three tracked after it,
 against forgetting without the old data; needs a checkpoint to start from; docs/training.md, "Keeping the
 start's answers"), promote_margin (0.01: a
 candidate is published only if its validation Dice beats the served model's, measured on the same

@@ -28,6 +28,8 @@ Recipes:
   Both answer each click on the clicked slice alone (`keep_start_slices` 1).
 - `keep_start_tracked`: `keep_start_unlabelled` with each click also tracked by memory through the next
   three slices, the start's answers kept on all four (`keep_start_slices` 4).
+- `keep_start_tracked_chest`: the same with the chest CT itself as the only unlabelled image, as in a
+  datastore of chest CTs, whose unlabelled images hold the lung being learned.
 
 `drift` is the root-mean-square distance of the trained weights from the demo model's.
 
@@ -78,6 +80,7 @@ RECIPES = {
     "keep_start": {"keep_start": 0.5, "keep_start_slices": 1},
     "keep_start_unlabelled": {"keep_start": 0.5, "keep_start_slices": 1, "unlabelled": True},
     "keep_start_tracked": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": True},
+    "keep_start_tracked_chest": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": "chest"},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)
 TWIN_SEEDS = (5000, 5001, 5002, 5003)
@@ -116,7 +119,8 @@ def train_recipe(volume: real_data.RealVolume, out: Path, steps: int, recipe: di
 
     replay = training_pairs() if cfg.replay_share > 0 else None
     result = train(cfg, [(volume.image, left)], [], log=log, replay_pairs=replay,
-                   unlabelled_images=unlabelled_images() if with_unlabelled else None)
+                   unlabelled_images=[volume.image] if with_unlabelled == "chest"
+                   else unlabelled_images() if with_unlabelled else None)
     return {"steps": result.steps, "seconds": round(result.seconds, 1)}
 
 

@@ -53,8 +53,9 @@ class TrainConfig:
     # decoupled decay aimed at the starting weights instead of zero. A weight then drifts at most about
     # 1/anchor from where it started (Adam moves it about lr a step). 0: off; needs an init_checkpoint
     anchor: float = 0.0
-    # learning without forgetting (keep_start.py): the share of clips on which the model also answers
-    # clicks outside the labels as the weights it started from answer them. 0: off; needs an init_checkpoint
+    # learning without forgetting (keep_start.py): the share of clips on which the model also answers random
+    # clicks (on the unlabelled images given to train(), else outside the labels) as the weights it started
+    # from answer them. 0: off; needs an init_checkpoint
     keep_start: float = 0.0
     # slices each keep_start draw is answered on: the clicked one, then those tracked after it by memory. 4:
     # a run forgets tracking more than the clicked slice, and the clicked slice alone kept less (keep_start.py)

@@ -18,7 +18,7 @@ training the memory attention learns from clean memories; the losses are the mod
 one click outside its labels, whose answer must contain the clicked pixel (`click_kept_loss`). With a
 `start` (keep_start.StartAnswers) a share of clips also pulls the answers to random clicks (on unlabelled
 images, else outside the labels), on the clicked slice and the slices tracked after it, toward those of
-the weights the run started from (`keep_start_loss`).
+the weights the run started from (`StartAnswers.clip_loss`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,6 @@ from .prompt_sim import PromptSettings, add_corrections, choose_kind, initial_po
 
 if TYPE_CHECKING:
     from .keep_start import StartAnswers
-
-# keep_start's share of draws on the unlabelled images where a run has them (the rest: the labelled clip's
-# own frames, outside the labels). Half, at first: after 1000 steps the trained lung's clicked slice then
-# picked a wrong candidate (3D 0.68-0.75 against 0.92-0.93 with every draw there; docs/training.md). Kept
-# as a draw so that those runs reproduce.
-UNLABELLED_SHARE = 1.0
 
 
 @dataclass
@@ -123,27 +117,6 @@ class ClipObjective(torch.nn.Module):
         return (F.binary_cross_entropy_with_logits(patch, torch.ones_like(patch))
                 + F.binary_cross_entropy_with_logits(score, torch.ones_like(score)))
 
-    def keep_start_loss(self, backbone: dict, frames: torch.Tensor, truth: torch.Tensor, num_frames: int,
-                        rng: np.random.Generator) -> torch.Tensor | None:
-        """Clicks anywhere on a slice of an unlabelled image (where the start has them: UNLABELLED_SHARE),
-        or else outside the labelled structures of one random frame of the clip, answered by the model and by
-        the weights the run started from (keep_start.StartAnswers) on that frame and on up to
-        `start.slices` - 1 frames tracked after it; None where the labels cover the frame."""
-        if self.start.unlabelled is not None and rng.random() < UNLABELLED_SHARE:
-            frames, num_frames = self.start.unlabelled.sample(rng, self.start.slices)
-            frames = frames.to(truth.device)
-            with torch.set_grad_enabled(self.train_image_encoder and torch.is_grad_enabled()):
-                backbone = self.model.forward_image(frames)
-            t, labelled = 0, np.zeros((1,) + tuple(frames.shape[-2:]), dtype=bool)
-        else:
-            t = int(rng.integers(len(frames)))
-            labelled = truth[t].cpu().numpy()
-        points = unlabelled_click(labelled, rng, self.start.candidates)
-        if points is None:
-            return None
-        tracked = list(range(t, min(len(frames), t + self.start.slices)))
-        return self.start.loss(self.model, backbone, frames, tracked, points, num_frames)
-
     def forward(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         model = self.model
         device = next(model.parameters()).device
@@ -198,8 +171,8 @@ class ClipObjective(torch.nn.Module):
             if kept is not None:
                 parts["loss"] = parts["loss"] + self.weights.unlabelled_click * kept
         if self.start is not None:  # off: no draw from rng, as above
-            kept = self.keep_start_loss(backbone, frames, truth, num_frames, rng) \
-                if rng.random() < self.start.share else None
+            kept = self.start.clip_loss(self.model, backbone, frames, truth, num_frames, rng,
+                                        self.train_image_encoder) if rng.random() < self.start.share else None
             parts["keep_start"] = kept.detach() if kept is not None else torch.zeros((), device=device)
             if kept is not None:
                 parts["loss"] = parts["loss"] + self.weights.keep_start * kept

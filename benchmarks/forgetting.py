@@ -30,6 +30,10 @@ Recipes:
   three slices, the start's answers kept on all four (`keep_start_slices` 4).
 - `keep_start_tracked_chest`: the same with the chest CT itself as the only unlabelled image, as in a
   datastore of chest CTs, whose unlabelled images hold the lung being learned.
+  These four keep every click (`keep_start_spares_labelled` off), as they were measured.
+- `keep_start_spared`, `keep_start_spared_chest`: `keep_start_tracked` and `keep_start_tracked_chest`
+  with the clicks that look like the labelled lung to the demo model's image encoder left out
+  (`keep_start.LabelledLook`; `/train`'s default when keep_start is on).
 
 `drift` is the root-mean-square distance of the trained weights from the demo model's.
 
@@ -77,10 +81,15 @@ RECIPES = {
     "anchor100": {"anchor": 100.0},
     "unlabelled_click": {"prompts.p_unlabelled_click": 0.5},
     "frozen_encoder": {"train_modules": "no_image_encoder"},
-    "keep_start": {"keep_start": 0.5, "keep_start_slices": 1},
-    "keep_start_unlabelled": {"keep_start": 0.5, "keep_start_slices": 1, "unlabelled": True},
-    "keep_start_tracked": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": True},
-    "keep_start_tracked_chest": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": "chest"},
+    "keep_start": {"keep_start": 0.5, "keep_start_slices": 1, "keep_start_spares_labelled": False},
+    "keep_start_unlabelled": {"keep_start": 0.5, "keep_start_slices": 1, "keep_start_spares_labelled": False,
+                              "unlabelled": True},
+    "keep_start_tracked": {"keep_start": 0.5, "keep_start_slices": 4, "keep_start_spares_labelled": False,
+                           "unlabelled": True},
+    "keep_start_tracked_chest": {"keep_start": 0.5, "keep_start_slices": 4, "keep_start_spares_labelled": False,
+                                 "unlabelled": "chest"},
+    "keep_start_spared": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": True},
+    "keep_start_spared_chest": {"keep_start": 0.5, "keep_start_slices": 4, "unlabelled": "chest"},
 }
 PHANTOM_SEEDS = (100, 101, 102, 103)
 TWIN_SEEDS = (5000, 5001, 5002, 5003)

@@ -551,3 +551,42 @@ def test_keeping_the_starts_tracked_answers_sees_what_the_memory_forgets():
         term(tracked).backward()
         optimiser.step()
     assert float(term(tracked)) < 0.7 * drifted, (drifted, float(term(tracked)))
+
+
+def test_keeping_the_start_leaves_out_clicks_on_what_the_run_learns():
+    """Keeping the start's answers to clicks on the structure being learned keeps the run from learning it
+    (docs/training.md: with the chest CT itself as the unlabelled image, the lung was not learned). Clicks
+    that look like a labelled structure to the start's image encoder are left out (`keep_start.LabelledLook`,
+    `TrainConfig.keep_start_spares_labelled`); those far from it are kept."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    from medsam2.checkpoints import resolve_spec
+    from medsam2.frames import frames_from_scaled
+    from medsam2.phantoms import PHANTOM_LABELS
+    from medsam2.training.keep_start import StartAnswers
+
+    spec = resolve_spec("demo", None, None, REPO / "model")
+    case = make_phantom((64, 64, 32), seed=51)
+    organ = case.label == PHANTOM_LABELS["organ"]
+    volume = LabelledVolume(case.image, organ.astype(np.int16), None, spec.preprocess)
+    model = build_model(spec, for_training=True).eval()
+    k = int(np.argmax(organ.sum(axis=(0, 1))))
+    frames = frames_from_scaled(volume.scaled, [k], spec.image_size, preprocess=spec.preprocess)
+    scale = spec.image_size / np.array(organ.shape[:2])  # (I, J) -> (x, y) in the model's pixels
+
+    def clicks(mask, count=8):
+        ij = np.argwhere(mask)[np.random.default_rng(0).choice(int(mask.sum()), count, replace=False)]
+        return {"point_coords": torch.tensor((ij + 0.5) * scale, dtype=torch.float32)[:, None],
+                "point_labels": torch.ones((count, 1), dtype=torch.int32)}
+
+    inside = clicks(binary_erosion(organ[:, :, k], iterations=2))
+    far = clicks(~binary_dilation(organ[:, :, k], iterations=12))
+    sparing, keeping = StartAnswers(model, 1.0, slices=1, labelled=[volume]), StartAnswers(model, 1.0, slices=1)
+    with torch.no_grad():
+        features = sparing.model.forward_image(frames)["vision_features"]
+    assert sparing.labelled.like_labelled(features, inside["point_coords"][:, 0]).all()
+    assert not sparing.labelled.like_labelled(features, far["point_coords"][:, 0]).any()
+    backbone = model.forward_image(frames)
+    assert sparing.loss(model, backbone, frames, [0], inside, 32) is None
+    assert keeping.loss(model, backbone, frames, [0], inside, 32) is not None
+    assert sparing.loss(model, backbone, frames, [0], far, 32) is not None

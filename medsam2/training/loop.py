@@ -60,6 +60,9 @@ class TrainConfig:
     # slices each keep_start draw is answered on: the clicked one, then those tracked after it by memory. 4:
     # a run forgets tracking more than the clicked slice, and the clicked slice alone kept less (keep_start.py)
     keep_start_slices: int = 4
+    # leave out keep_start clicks on something that looks like a labelled structure to the start's image
+    # encoder (keep_start.LabelledLook): keeping the start's answers there keeps the run from learning them
+    keep_start_spares_labelled: bool = True
     promote_margin: float = 0.01  # a candidate is published only if its validation Dice beats the served model's by this
     max_steps: int = 200
     max_minutes: float | None = None
@@ -301,9 +304,11 @@ def setup_rank(cfg: TrainConfig, train_pairs, rank: int = 0, world_size: int = 1
     prompts = cfg.prompts if cfg.prompts.p_true_memory is not None else \
         replace(cfg.prompts, p_true_memory=recipe.p_true_memory)
     memory_lr_scale = recipe.memory_lr_scale if cfg.memory_lr_scale is None else cfg.memory_lr_scale
+    volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     unlabelled = UnlabelledFrames(unlabelled_images, model.image_size, cfg.intensity, model.preprocess) \
         if cfg.keep_start and unlabelled_images else None
-    start = StartAnswers(model, cfg.keep_start, unlabelled, slices=cfg.keep_start_slices) if cfg.keep_start else None
+    start = StartAnswers(model, cfg.keep_start, unlabelled, slices=cfg.keep_start_slices,
+                         labelled=volumes if cfg.keep_start_spares_labelled else None) if cfg.keep_start else None
     objective = ClipObjective(model, cfg.weights, prompts, train_image_encoder=encoder_trains, start=start)
     wrapped = objective
     if world_size > 1:
@@ -311,7 +316,6 @@ def setup_rank(cfg: TrainConfig, train_pairs, rank: int = 0, world_size: int = 1
             objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     lr = cfg.lr or default_lr(model, cfg.init_checkpoint is not None)
     opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, memory_lr_scale))
-    volumes = [LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in train_pairs]
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
                           p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment)
     if replay_pairs and cfg.replay_share > 0:

@@ -61,15 +61,15 @@ class UnlabelledFrames:
 
 class LabelledLook:
     """What each labelled structure looks like to the start's image encoder, to tell a click on something
-    like it: the mean of SAM 2's deepest image features (`vision_features`, unit length) inside each
-    structure, and outside all of them, over up to `slices` of each structure's slices. A click is like a
-    labelled structure where its feature, or one half a feature cell from it, is nearer that structure's
-    mean than the outside's and every other structure's. Keeping the start's answers to such clicks keeps the run from learning them: with the chest
-    CT itself as the unlabelled image, a run on its left lung did not learn the lung (docs/training.md). On
-    the demo model, 85-92 % of the lungs' feature cells are like the left lung, and none of the skull's,
-    the phantom organ's, the twins' or Colin27's subcortical structures."""
+    like it. SAM 2's deepest image features (`vision_features`, unit length) over up to `slices` of each
+    structure's slices give one mean per structure, and `kinds` means of what lies outside them all (k-means:
+    outside a lung lie air, soft tissue, bone, the table). A click is like a labelled structure where its
+    feature, or one half a feature cell from it, is nearest one of the structures' means. Keeping the
+    start's answers to such clicks keeps the run from learning them: with the chest CT itself as the
+    unlabelled image, a run on its left lung did not learn the lung (docs/training.md)."""
 
-    def __init__(self, model: torch.nn.Module, volumes: list[LabelledVolume], slices: int = 16):
+    def __init__(self, model: torch.nn.Module, volumes: list[LabelledVolume], slices: int = 16, kinds: int = 4,
+                 reach: float = 0.5):
         """`model`: the start, in eval mode (its `image_size` and `preprocess` feed the frames)."""
         image_size, preprocess = model.image_size, model.preprocess
         inside: dict[int, list[torch.Tensor]] = {}
@@ -84,27 +84,42 @@ class LabelledLook:
                     features = F.normalize(model.forward_image(frames)["vision_features"].float(), dim=1)
                 labels = torch.from_numpy(np.ascontiguousarray(volume.label[:, :, ks])).permute(2, 1, 0)[:, None]
                 labels = F.interpolate(labels.float(), size=features.shape[-2:], mode="nearest")[:, 0].to(device)
-                weights = (labels == value).float()
-                inside.setdefault(value, []).append(torch.einsum("kchw,khw->c", features, weights) / weights.sum().clamp(min=1))
-                rest = (labels == 0).float()
-                outside.append(torch.einsum("kchw,khw->c", features, rest) / rest.sum().clamp(min=1))
-        # row 0: outside every structure; then one row per labelled value
-        means = [torch.stack(outside).mean(0)] + [torch.stack(v).mean(0) for v in inside.values()]
-        self.means = F.normalize(torch.stack(means), dim=1)
+                cells = features.permute(0, 2, 3, 1)  # (k, h, w, C)
+                inside.setdefault(value, []).append(cells[labels == value])
+                outside.append(cells[labels == 0])
+        self.outside = kmeans(torch.cat(outside), kinds)  # rows: the kinds of outside
+        self.means = torch.cat([self.outside] + [F.normalize(torch.cat(v).mean(0), dim=0)[None]
+                                                 for v in inside.values()])
         self.image_size = int(image_size)
+        self.reach = float(reach)  # how far around a click, in feature cells, its look is read
 
     def like_labelled(self, features: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
         """(n,) bool: which of the clicks `xy` (n, 2) in image pixels (x, y) are like a labelled structure
         at the click or half a feature cell from it in any of 8 directions, read from one frame's
         `vision_features` (1, C, h, w). The click alone let through the structure's rim: with the chest CT
         as the unlabelled image, 11 of 90 kept clicks were on a lung; with the 8 around it, none."""
-        half = self.image_size / features.shape[-1] / 2
-        offsets = torch.tensor([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)], dtype=torch.float32) * half
+        cell = self.image_size / features.shape[-1]
+        offsets = torch.tensor([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)], dtype=torch.float32) * cell * self.reach
         around = (xy.float()[:, None] + offsets[None]).clamp(0, self.image_size - 1)  # (n, 9, 2)
         grid = (around.to(features.device) / self.image_size * 2 - 1)[None]  # (1, n, 9, 2)
         at = F.grid_sample(features.float(), grid, mode="bilinear", align_corners=False)[0]  # (C, n, 9)
         nearest = torch.einsum("cnk,mc->nkm", F.normalize(at, dim=0), self.means.to(at.device)).argmax(dim=2)
-        return (nearest > 0).any(dim=1)
+        return (nearest >= len(self.outside)).any(dim=1)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 20) -> torch.Tensor:
+    """(k, C) unit means of the unit rows of `x` (n, C), by cosine: spherical k-means, started from the
+    row nearest their mean and then each row farthest from those chosen (no random draw: the same
+    labels give the same means)."""
+    chosen = [x[(x @ F.normalize(x.mean(0), dim=0)).argmax()]]
+    for _ in range(min(k, len(x)) - 1):
+        chosen.append(x[(x @ torch.stack(chosen).T).max(dim=1).values.argmin()])
+    means = torch.stack(chosen)
+    for _ in range(iters):
+        nearest = (x @ means.T).argmax(dim=1)
+        means = torch.stack([F.normalize(x[nearest == j].mean(0), dim=0) if (nearest == j).any() else means[j]
+                             for j in range(len(means))])
+    return means
 
 
 class StartAnswers:

@@ -22,8 +22,9 @@ click outside the labels whose answer must contain it, so that one labelled stru
 not the anatomy, to name the target; docs/training.md, "Which lung: three seeds"), keep_start (0: the share
 of clips on which random clicks on up to 8 of the datastore's unlabelled images (without any: outside the
 labels) must be answered as the served model answered them, on the clicked slice and the three tracked after it,
-against forgetting without the old data; needs a checkpoint to start from; where the unlabelled images
-hold the structure being learned it stops the learning; docs/training.md, "Keeping the start's answers"), promote_margin (0.01: a
+against forgetting without the old data; needs a checkpoint to start from; clicks that look like a
+labelled structure to the served model's image encoder are left out, so that a structure the unlabelled
+images also hold is still learned; docs/training.md, "Keeping the start's answers"), promote_margin (0.01: a
 candidate is published only if its validation Dice beats the served model's, measured on the same
 images at the start of the run, by this much).
 """

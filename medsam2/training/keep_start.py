@@ -75,7 +75,7 @@ class LabelledLook:
                  reach: float = 0.5):
         """`model`: the start, in eval mode (its `image_size` and `preprocess` feed the frames)."""
         image_size, preprocess = model.image_size, model.preprocess
-        inside: dict[int, list[torch.Tensor]] = {}
+        inside: dict[int, torch.Tensor] = {}  # per value: the features' sum, each cell weighted by its share
         outside = []
         device = next(model.parameters()).device
         for volume in volumes:
@@ -85,14 +85,17 @@ class LabelledLook:
                 frames = frames_from_scaled(volume.scaled, ks, image_size, preprocess=preprocess).to(device)
                 with torch.no_grad():
                     features = F.normalize(model.forward_image(frames)["vision_features"].float(), dim=1)
-                labels = torch.from_numpy(np.ascontiguousarray(volume.label[:, :, ks])).permute(2, 1, 0)[:, None]
-                labels = F.interpolate(labels.float(), size=features.shape[-2:], mode="nearest")[:, 0].to(device)
-                cells = features.permute(0, 2, 3, 1)  # (k, h, w, C)
-                inside.setdefault(value, []).append(cells[labels == value])
-                outside.append(cells[labels == 0])
+
+                def cover(mask):  # (k, h, w): the share of each feature cell that `mask` covers
+                    mask = torch.from_numpy(np.ascontiguousarray(mask)).permute(2, 1, 0)[:, None].float()
+                    return F.interpolate(mask, size=features.shape[-2:], mode="area")[:, 0].to(device)
+
+                # by share, not by the cell's centre: a small structure falls between the centres of 8x8 cells
+                inside[value] = inside.get(value, 0) + torch.einsum("kchw,khw->c", features,
+                                                                    cover(volume.label[:, :, ks] == value))
+                outside.append(features.permute(0, 2, 3, 1)[cover(volume.label[:, :, ks] != 0) == 0])
         self.outside = kmeans(torch.cat(outside), kinds)  # rows: the kinds of outside
-        self.means = torch.cat([self.outside] + [F.normalize(torch.cat(v).mean(0), dim=0)[None]
-                                                 for v in inside.values()])
+        self.means = torch.cat([self.outside] + [F.normalize(v, dim=0)[None] for v in inside.values()])
         self.image_size = int(image_size)
         # how far around a click, in feature cells, its look is read: half a cell. With one outside mean, a
         # quarter let the lung be learned too (0.908) and half cost the skull and the vessel (docs/training.md)
@@ -116,7 +119,9 @@ class LabelledLook:
 def kmeans(x: torch.Tensor, k: int, iters: int = 20) -> torch.Tensor:
     """(k, C) unit means of the unit rows of `x` (n, C), by cosine: spherical k-means, started from the
     row nearest their mean and then each row farthest from those chosen (no random draw: the same
-    labels give the same means)."""
+    labels give the same means). None of `x`: no row, and every click is like a labelled structure."""
+    if not len(x):
+        return x
     chosen = [x[(x @ F.normalize(x.mean(0), dim=0)).argmax()]]
     for _ in range(min(k, len(x)) - 1):
         chosen.append(x[(x @ torch.stack(chosen).T).max(dim=1).values.argmin()])

@@ -557,7 +557,9 @@ def test_keeping_the_start_leaves_out_clicks_on_what_the_run_learns():
     """Keeping the start's answers to clicks on the structure being learned keeps the run from learning it
     (docs/training.md: with the chest CT itself as the unlabelled image, the lung was not learned). Clicks
     that look like a labelled structure to the start's image encoder are left out (`keep_start.LabelledLook`,
-    `TrainConfig.keep_start_spares_labelled`); those far from it are kept."""
+    `TrainConfig.keep_start_spares_labelled`); those far from it are kept. A structure smaller than a
+    feature cell is labelled too: with its look read at the cells' centres it had none (NaN), and every
+    click was left out."""
     from scipy.ndimage import binary_dilation, binary_erosion
 
     from medsam2.checkpoints import resolve_spec
@@ -568,9 +570,12 @@ def test_keeping_the_start_leaves_out_clicks_on_what_the_run_learns():
     spec = resolve_spec("demo", None, None, REPO / "model")
     case = make_phantom((64, 64, 32), seed=51)
     organ = case.label == PHANTOM_LABELS["organ"]
-    volume = LabelledVolume(case.image, organ.astype(np.int16), None, spec.preprocess)
-    model = build_model(spec, for_training=True).eval()
     k = int(np.argmax(organ.sum(axis=(0, 1))))
+    labels = organ.astype(np.int16)
+    i, j = (np.argwhere(binary_erosion(organ[:, :, k], iterations=4)).mean(axis=0) // 8 * 8 + 2).astype(int)
+    labels[i:i + 2, j:j + 2, k - 1:k + 1] = 2  # 2x2 pixels, between the centres of the 8-pixel cells
+    volume = LabelledVolume(case.image, labels, None, spec.preprocess)
+    model = build_model(spec, for_training=True).eval()
     frames = frames_from_scaled(volume.scaled, [k], spec.image_size, preprocess=spec.preprocess)
     scale = spec.image_size / np.array(organ.shape[:2])  # (I, J) -> (x, y) in the model's pixels
 

@@ -18,7 +18,7 @@ learned as without it (0.92-0.93). On the clicked slice alone it kept nothing af
 the draws on the lung's own slices the lung's click lost its clicked slice. Where the unlabelled images
 hold the structure being learned (the chest CT itself as the unlabelled image), the lung was not learned
 at all, until the clicks that look like a labelled structure to the start's image encoder were left out
-(`LabelledLook`): 0.91 since. Off by default.
+(`LabelledLook`): 0.74 since. Off by default.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class LabelledLook:
     lung). A click is like a labelled structure where its feature, or one `reach` feature cells from it, is
     nearest one of the structures' means. Keeping the start's answers to such clicks keeps the run from
     learning them: with the chest CT itself as the unlabelled image, a run on its left lung did not learn
-    the lung (0.002); leaving them out, it did (0.907; docs/training.md, "Leaving out the clicks on what
+    the lung (0.002); leaving them out, it did (0.735; docs/training.md, "Leaving out the clicks on what
     the run learns")."""
 
     def __init__(self, model: torch.nn.Module, volumes: list[LabelledVolume], slices: int = 16, kinds: int = 4,

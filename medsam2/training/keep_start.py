@@ -155,8 +155,8 @@ class StartAnswers:
         # 0.95 after 300 steps while its 3D Dice fell to 0.23 (docs/training.md)
         self.slices = int(slices)
         # where the run's labelled volumes are given, clicks on something like one of their structures are
-        # left out (None: every click is kept)
-        self.labelled = LabelledLook(self.model, labelled) if labelled else None
+        # left out (None: every click is kept; volumes with no structure leave the error to the clip sampler)
+        self.labelled = LabelledLook(self.model, labelled) if labelled and any(v.values for v in labelled) else None
 
     def clip_loss(self, model: torch.nn.Module, backbone: dict, frames: torch.Tensor, truth: torch.Tensor,
                   num_frames: int, rng: np.random.Generator, train_image_encoder: bool) -> torch.Tensor | None:

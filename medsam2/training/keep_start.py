@@ -74,29 +74,28 @@ class LabelledLook:
     def __init__(self, model: torch.nn.Module, volumes: list[LabelledVolume], slices: int = 16, kinds: int = 4,
                  reach: float = 0.5):
         """`model`: the start, in eval mode (its `image_size` and `preprocess` feed the frames)."""
-        image_size, preprocess = model.image_size, model.preprocess
         inside: dict[int, torch.Tensor] = {}  # per value: the features' sum, each cell weighted by its share
         outside = []
         device = next(model.parameters()).device
         for volume in volumes:
+            chosen = {}  # per value: up to `slices` of its slices, spread over them
             for value in volume.values:
                 present = volume.present[value]
-                ks = [int(k) for k in present[np.linspace(0, len(present) - 1, min(slices, len(present))).astype(int)]]
-                frames = frames_from_scaled(volume.scaled, ks, image_size, preprocess=preprocess).to(device)
-                with torch.no_grad():
-                    features = F.normalize(model.forward_image(frames)["vision_features"].float(), dim=1)
-
-                def cover(mask):  # (k, h, w): the share of each feature cell that `mask` covers
-                    mask = torch.from_numpy(np.ascontiguousarray(mask)).permute(2, 1, 0)[:, None].float()
-                    return F.interpolate(mask, size=features.shape[-2:], mode="area")[:, 0].to(device)
-
+                chosen[value] = [int(k) for k in present[np.linspace(0, len(present) - 1,
+                                                                     min(slices, len(present))).astype(int)]]
+            # each slice encoded once, however many structures it was chosen for
+            features_of = slice_features(model, volume.scaled, sorted(set().union(*chosen.values())))
+            for value, ks in chosen.items():
+                features = torch.stack([features_of[k] for k in ks])
+                grid = features.shape[-2:]
                 # by share, not by the cell's centre: a small structure falls between the centres of 8x8 cells
-                inside[value] = inside.get(value, 0) + torch.einsum("kchw,khw->c", features,
-                                                                    cover(volume.label[:, :, ks] == value))
-                outside.append(features.permute(0, 2, 3, 1)[cover(volume.label[:, :, ks] != 0) == 0])
+                inside[value] = inside.get(value, 0) + torch.einsum(
+                    "kchw,khw->c", features, cell_cover(volume.label[:, :, ks] == value, grid).to(device))
+                untouched = cell_cover(volume.label[:, :, ks] != 0, grid).to(device) == 0
+                outside.append(features.permute(0, 2, 3, 1)[untouched])
         self.outside = kmeans(torch.cat(outside), kinds)  # rows: the kinds of outside
         self.means = torch.cat([self.outside] + [F.normalize(v, dim=0)[None] for v in inside.values()])
-        self.image_size = int(image_size)
+        self.image_size = int(model.image_size)
         # how far around a click, in feature cells, its look is read: half a cell. With one outside mean, a
         # quarter let the lung be learned too (0.908) and half cost the skull and the vessel (docs/training.md)
         self.reach = float(reach)
@@ -114,6 +113,26 @@ class LabelledLook:
         at = F.grid_sample(features.float(), grid, mode="bilinear", align_corners=False)[0]  # (C, n, 9)
         nearest = torch.einsum("cnk,mc->nkm", F.normalize(at, dim=0), self.means.to(at.device)).argmax(dim=2)
         return (nearest >= len(self.outside)).any(dim=1)
+
+
+def cell_cover(mask: np.ndarray, grid) -> torch.Tensor:
+    """(k, h, w): the share of each cell of an h x w `grid` laid over each slice of `mask` (I, J, k) that
+    the mask covers, the slice stretched as a frame is."""
+    mask = torch.from_numpy(np.ascontiguousarray(mask)).permute(2, 1, 0)[:, None].float()
+    return F.interpolate(mask, size=tuple(grid), mode="area")[:, 0]
+
+
+def slice_features(model: torch.nn.Module, scaled: torch.Tensor, ks: list[int], batch: int = 16) -> dict:
+    """{k: (C, h, w)} `model`'s deepest image features (`vision_features`), unit length, of slices `ks` of
+    a scaled volume, fed as the model is fed, `batch` slices at a time."""
+    device = next(model.parameters()).device
+    out = {}
+    for i in range(0, len(ks), batch):
+        frames = frames_from_scaled(scaled, ks[i:i + batch], model.image_size, preprocess=model.preprocess)
+        with torch.no_grad():
+            features = F.normalize(model.forward_image(frames.to(device))["vision_features"].float(), dim=1)
+        out.update(zip(ks[i:i + batch], features))
+    return out
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20) -> torch.Tensor:

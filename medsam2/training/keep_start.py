@@ -74,25 +74,31 @@ class LabelledLook:
     def __init__(self, model: torch.nn.Module, volumes: list[LabelledVolume], slices: int = 16, kinds: int = 4,
                  reach: float = 0.5):
         """`model`: the start, in eval mode (its `image_size` and `preprocess` feed the frames)."""
-        inside: dict[int, torch.Tensor] = {}  # per value: the features' sum, each cell weighted by its share
+        # per (volume, value): the features' sum, each cell weighted by its share. Per volume: label numbers
+        # are each image's own, and the chest CT's 1 (a lung) and Colin27's 1 (a caudate) are not one look
+        inside: dict[tuple[int, int], torch.Tensor] = {}
         outside = []
         device = next(model.parameters()).device
-        for volume in volumes:
+        for vi, volume in enumerate(volumes):
             chosen = {}  # per value: up to `slices` of its slices, spread over them
             for value in volume.values:
                 present = volume.present[value]
                 chosen[value] = [int(k) for k in present[np.linspace(0, len(present) - 1,
                                                                      min(slices, len(present))).astype(int)]]
             # each slice encoded once, however many structures it was chosen for
-            features_of = slice_features(model, volume.scaled, sorted(set().union(*chosen.values())))
+            every = sorted(set().union(*chosen.values()))
+            if not every:  # a volume with no label: nothing to read
+                continue
+            features_of = slice_features(model, volume.scaled, every)
+            grid = features_of[every[0]].shape[-2:]
             for value, ks in chosen.items():
                 features = torch.stack([features_of[k] for k in ks])
-                grid = features.shape[-2:]
                 # by share, not by the cell's centre: a small structure falls between the centres of 8x8 cells
-                inside[value] = inside.get(value, 0) + torch.einsum(
-                    "kchw,khw->c", features, cell_cover(volume.label[:, :, ks] == value, grid).to(device))
-                untouched = cell_cover(volume.label[:, :, ks] != 0, grid).to(device) == 0
-                outside.append(features.permute(0, 2, 3, 1)[untouched])
+                inside[vi, value] = torch.einsum("kchw,khw->c", features,
+                                                 cell_cover(volume.label[:, :, ks] == value, grid).to(device))
+            # the outside once per slice: a slice chosen for several structures counts once in the k-means
+            untouched = cell_cover(volume.label[:, :, every] != 0, grid).to(device) == 0
+            outside.append(torch.stack([features_of[k] for k in every]).permute(0, 2, 3, 1)[untouched])
         self.outside = kmeans(torch.cat(outside), kinds)  # rows: the kinds of outside
         self.means = torch.cat([self.outside] + [F.normalize(v, dim=0)[None] for v in inside.values()])
         self.image_size = int(model.image_size)

@@ -1,7 +1,7 @@
 """Learning curve on real anatomy, through the server: held-out one-click Dice against the number of
 labelled structures.
 
-`python -m benchmarks.learning_curve [--counts 0 1 2 4 8] [--out bench-results/learning_curve.json]`
+`python -m benchmarks.learning_curve [--counts 0 1 2 4 8] [--train-params '{"draw": "image"}'] [--out FILE]`
 
 For each count N a fresh server starts from the demo model on a datastore of three real volumes
 (medsam2/evaluation/real_data.py, each cropped to its structures plus 10 mm):
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +72,8 @@ def one_click_dice(url: str, image: str, truth: np.ndarray, folder: Path) -> flo
     return float(2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum()))
 
 
-def run_count(n: int, vols: dict, workdir: Path, steps: int | None) -> dict:
+def run_count(n: int, vols: dict, workdir: Path, steps: int | None, params: dict | None = None,
+              keep: Path | None = None) -> dict:
     studies, model_dir = workdir / "studies", workdir / "model"
     studies.mkdir(parents=True)
     for name, v in vols.items():
@@ -79,7 +81,7 @@ def run_count(n: int, vols: dict, workdir: Path, steps: int | None) -> dict:
     demo = REPO / "model" / "demo" / "medsam2_demo.pt"  # by path: the model folder is a fresh one
     url, proc = launch_server(studies, {"checkpoint": demo, "model_dir": model_dir}, workdir / "server.log",
                               {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
-    result = {"labelled": POOL[:n], "train_seconds": 0.0}
+    result = {"labelled": POOL[:n], "train_seconds": 0.0, "train_params": params or {}}
     try:
         for image in sorted({img for img, _ in POOL[:n]}):
             names = [s for img, s in POOL[:n] if img == image]
@@ -95,7 +97,7 @@ def run_count(n: int, vols: dict, workdir: Path, steps: int | None) -> dict:
             r.raise_for_status()
         if n:
             t0 = time.time()
-            body = {"val_split": 0, "seed": 0, **({"max_steps": steps} if steps else {})}
+            body = {"val_split": 0, "seed": 0, **({"max_steps": steps} if steps else {}), **(params or {})}
             requests.post(f"{url}/train/medsam2", json=body, timeout=60).raise_for_status()
             status = wait_for_task(url, "train", 3600, every=5)
             result["train_seconds"] = round(time.time() - t0, 1)
@@ -103,6 +105,10 @@ def run_count(n: int, vols: dict, workdir: Path, steps: int | None) -> dict:
             # the steps the run made: fewer than /train's default where its time limit could not hold them
             stats = requests.get(f"{url}/info/", timeout=60).json()["train_stats"]["medsam2"]
             result["train_steps"] = stats.get("steps")
+            if keep:  # the published weights, for a closer look (benchmarks.fine_tune_tracking.breakdown)
+                keep.mkdir(parents=True, exist_ok=True)
+                for published in (model_dir / "finetuned").glob("*.pt"):
+                    shutil.copy(published, keep / f"{n}_{published.name}")
         result["dice"] = {f"{image}/{s}": round(one_click_dice(url, image, vols[image].label == vols[image].structures[s],
                                                                workdir), 3)
                           for image, s in POOL + COUNTERPARTS + NEVER}
@@ -115,13 +121,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counts", type=int, nargs="+", default=[0, 1, 2, 4, 8])
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: /train's own default)")
+    ap.add_argument("--train-params", type=json.loads, default={},
+                    help='other /train request params, as JSON: \'{"draw": "structure"}\'')
+    ap.add_argument("--keep", type=Path, help="a folder to keep each run's published weights in (N_<name>.pt)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results" / "learning_curve.json")
     args = ap.parse_args(argv)
     vols = volumes()
     runs = {}
     for n in args.counts:
         with tempfile.TemporaryDirectory(prefix=f"learning-{n}-") as tmp:
-            runs[n] = run_count(n, vols, Path(tmp), args.steps)
+            runs[n] = run_count(n, vols, Path(tmp), args.steps, args.train_params, args.keep)
         print(json.dumps({"count": n, **runs[n]}), flush=True)
     write_results(args.out, {str(n): r for n, r in runs.items()})
     print(table(runs))

@@ -158,6 +158,7 @@ def test_failed_training_runs_leave_the_served_checkpoint_intact(tmp_path, rando
             "a setting out of range": ({"anchor": -1, "max_steps": 3}, "anchor=-1.0"),
             "a share out of range": ({"unlabelled_click": 2, "max_steps": 3}, "unlabelled_click=2.0"),
             "another share out of range": ({"keep_start": -0.5, "max_steps": 3}, "keep_start=-0.5"),
+            "a draw rule that does not exist": ({"draw": "volume", "max_steps": 3}, "draw=volume"),
             "a process count that is not one": ({"cpu_processes": "two", "max_steps": 3}, "cpu_processes"),
             "weights diverging to NaN": ({"lr": 1e30, "max_steps": 2, "clip_len": 2, "clips_per_step": 1},
                                          "no longer finite"),

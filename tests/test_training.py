@@ -53,6 +53,26 @@ def test_half_the_clips_run_past_the_end_of_the_structure(volumes):
     assert 10 <= leaves <= 50
 
 
+def test_each_saved_structure_is_followed_as_often_as_any_other_however_the_labels_are_spread():
+    """One image with one label and one with three: drawn by structure, each of the four leads a quarter of
+    the clips; drawn by image (the demo recipe's rule), the lone label leads half of them."""
+    lone = np.zeros((24, 24, 6), np.int64)
+    lone[4:10, 4:10, 1:5] = 1
+    three = np.zeros_like(lone)
+    three[4:10, 4:10, 1:5], three[14:20, 4:10, 1:5], three[4:10, 14:20, 1:5] = 1, 2, 3
+    rng = np.random.default_rng(0)
+    volumes = [LabelledVolume(rng.random(lab.shape).astype(np.float32), lab) for lab in (lone, three)]
+    shares = {}
+    for draw in ("structure", "image"):
+        sampler = ClipSampler(volumes, image_size=32, clip_len=2, seed=0, draw=draw)
+        firsts = [(c.volume, c.values[0]) for c in (sampler.sample() for _ in range(800))]
+        shares[draw] = {s: firsts.count(s) / len(firsts) for s in [(0, 1), (1, 1), (1, 2), (1, 3)]}
+    assert all(0.2 < share < 0.3 for share in shares["structure"].values()), shares
+    assert 0.45 < shares["image"][(0, 1)] < 0.55, shares
+    with pytest.raises(ValueError, match="draw must be one of structure, image"):
+        ClipSampler(volumes, image_size=32, draw="volume")
+
+
 def test_simulated_prompts_lie_on_the_structure_and_corrections_on_the_errors():
     rng = np.random.default_rng(0)
     truth = np.zeros((2, 32, 32), bool)

@@ -5,6 +5,9 @@ all of them. A clip here is `clip_len` consecutive slices of one labelled volume
 increasing or decreasing k (the engine propagates both ways), starting on a slice where the first
 chosen structure is visible, with up to `max_objects` structures of that volume as a batch. Half the
 clips start near the end of the structure and run past it, so the model learns where to stop.
+Which structure a clip follows first is drawn by `DRAWS`: each labelled structure of each volume as
+often as any other, or (the rule until 2026-12-08, which the demo recipe keeps) a volume first and then
+one of its structures, so that an image with one label weighed as much as one with seven.
 2D images are volumes with one slice: their clips have length 1 (prompted frame only).
 
 `Augment` shows each clip as another view of its volume, the same for all of its frames: mirrored
@@ -24,6 +27,11 @@ import torch.nn.functional as F
 
 from ..field_of_view import Extent, smallest_side, window_around
 from ..frames import Intensity, Preprocess, frames_from_scaled, scale_volume
+
+
+# how a clip's first structure is drawn: "structure", uniformly over every (volume, labelled structure)
+# pair; "image", a volume uniformly, then one of its structures uniformly
+DRAWS = ("structure", "image")
 
 
 @dataclass
@@ -84,10 +92,14 @@ class LabelledVolume:
 class ClipSampler:
     def __init__(self, volumes: list[LabelledVolume], image_size: int, clip_len: int = 8, max_objects: int = 3,
                  seed: int = 0, p_exit: float = 0.5, preprocess: Preprocess = Preprocess(),
-                 augment: Augment = Augment.none()):
+                 augment: Augment = Augment.none(), draw: str = "image"):
         self.volumes = [v for v in volumes if v.values]
         if not self.volumes:
             raise ValueError("no labelled structure in the training volumes")
+        if draw not in DRAWS:
+            raise ValueError(f"draw must be one of {', '.join(DRAWS)}, got {draw!r}")
+        self.draw = draw
+        self.structures = [(vi, v) for vi, vol in enumerate(self.volumes) for v in vol.values]
         self.image_size = image_size
         self.preprocess = preprocess  # the checkpoint's own pipeline, as the engine feeds it (frames.py)
         self.augment = augment
@@ -109,10 +121,16 @@ class ClipSampler:
             start = n_slices - length if step == 1 else length - 1
         return [start + step * t for t in range(length)]
 
-    def sample(self) -> Clip:
+    def first_structure(self) -> tuple[int, int]:
+        """(volume index, label value) of the structure the next clip follows first (`DRAWS`)."""
+        if self.draw == "structure":
+            return self.structures[int(self.rng.integers(len(self.structures)))]
         vi = int(self.rng.integers(len(self.volumes)))
+        return vi, int(self.rng.choice(self.volumes[vi].values))
+
+    def sample(self) -> Clip:
+        vi, first = self.first_structure()
         vol = self.volumes[vi]
-        first = int(self.rng.choice(vol.values))
         present = vol.present[first]
         reverse = bool(self.rng.integers(2))
         if self.rng.random() < self.p_exit:

@@ -27,6 +27,7 @@ DEFAULT_RUN = {
     # "Shorter clips"); 2000 steps of 6 gave what 2000 of 8 gave (0.86). A request can ask for SAM 2's 8.
     "clip_len": 6,
     "max_objects": 3,  # structures tracked together in one clip
+    "draw": "image",  # how a clip's first structure is drawn (clips.DRAWS)
     "clips_per_step": 2,  # over all processes (launch.py shares them among the ranks)
     "val_every": 200,  # steps between validations
 }

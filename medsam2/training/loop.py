@@ -76,6 +76,7 @@ class TrainConfig:
     max_objects: int = 3
     clips_per_step: int = 2  # a step's clips, over all DDP ranks: each rank runs its share, at least one
     p_exit: float = 0.5  # clips that start near a structure's end and run past it (learning to stop)
+    draw: str = "image"  # how a clip's first structure is drawn: "structure" or "image" (clips.DRAWS)
     val_every: int = 50
     train_modules: str = "auto"  # auto | all | no_image_encoder
     # only the parameters whose names start with one of these train (with train_modules' image-encoder
@@ -317,7 +318,7 @@ def setup_rank(cfg: TrainConfig, train_pairs, rank: int = 0, world_size: int = 1
     lr = cfg.lr or default_lr(model, cfg.init_checkpoint is not None)
     opt = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, cfg.image_encoder_lr_scale, memory_lr_scale))
     sampler = ClipSampler(volumes, model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank,
-                          p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment)
+                          p_exit=cfg.p_exit, preprocess=model.preprocess, augment=cfg.augment, draw=cfg.draw)
     if replay_pairs and cfg.replay_share > 0:
         replay = ClipSampler([LabelledVolume(img, lab, cfg.intensity, model.preprocess) for img, lab in replay_pairs],
                              model.image_size, cfg.clip_len, cfg.max_objects, seed=cfg.seed + 1000 * rank + 7,

@@ -52,6 +52,7 @@ from lib.infers.image_io import read_image
 from lib.params import flag
 from lib.train_schedule import mark_done
 from medsam2.service import ModelProvider
+from medsam2.training.clips import DRAWS
 from medsam2.training.defaults import DEFAULT_RUN, DEFAULT_VAL_SPLIT, default_run
 from medsam2.training.launch import (cpu_processes, first_error, one_machine_command, replay_pairs, result_path,
                                      write_job)
@@ -196,9 +197,12 @@ class MedSam2Trainer(TrainTask):
             bad.append(f"promote_margin={cfg.promote_margin}")
         if cfg.max_minutes is not None and not math.isfinite(cfg.max_minutes):
             bad.append(f"max_minutes={cfg.max_minutes}")
+        if cfg.draw not in DRAWS:
+            bad.append(f"draw={cfg.draw}")
         if bad:
             raise ValueError(f"training params out of range: {', '.join(bad)} (counts >= 1, lr a positive number, "
-                             "replay in [0, 1), anchor a number >= 0, unlabelled_click and keep_start in [0, 1])")
+                             "replay in [0, 1), anchor a number >= 0, unlabelled_click and keep_start in [0, 1], "
+                             f"draw one of {', '.join(DRAWS)})")
         return cfg
 
     def _run(self, request, datastore: Datastore):

@@ -65,8 +65,8 @@ class LabelledLook:
     like it. SAM 2's deepest image features (`vision_features`, unit length) over up to `slices` of each
     structure's slices give one mean per structure of each image, and `kinds` means of what lies outside
     them all (k-means: outside a lung lie air, soft tissue, bone, the table; with one outside mean the air
-    around a head read as lung). A click is like a labelled structure where its feature, or one `reach` feature cells from it, is
-    nearest one of the structures' means. Keeping the start's answers to such clicks keeps the run from
+    around a head read as lung). A click is like a labelled structure where its feature, or one `reach`
+    feature cells from it, is nearest one of the structures' means. Keeping the start's answers to such clicks keeps the run from
     learning them: with the chest CT itself as the unlabelled image, a run on its left lung did not learn
     the lung (0.002); leaving them out, it did (0.735; docs/training.md, "Leaving out the clicks on what
     the run learns")."""

@@ -13,8 +13,8 @@ cores; where fewer steps fit, the schedule is shortened to them: training/schedu
 draw (structure: which structure a clip follows first, each labelled structure of each image as often as any other;
 image: a labelled image, then one of its structures; training/clips.py), clips_per_step (2: over all processes), lr,
 train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with true, torch DDP launched by torchrun over
-all GPUs), cpu_processes (on a machine without GPUs: auto, one gloo process under torchrun per thread the server may use and at most one per clip of
-a step, each with its share of the threads; or a number, 1 for one process: medsam2/training/launch.py),
+all GPUs), cpu_processes (on a machine without GPUs: auto, one gloo process under torchrun per thread the server
+may use and at most one per clip of a step, each with its share of the threads; or a number, 1 for one process: medsam2/training/launch.py),
 replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
 the demo model's training data is known, generated here; docs/training.md), anchor (0: L2-SP, each
 weight pulled back toward the served model's, against forgetting without the old data; needs a

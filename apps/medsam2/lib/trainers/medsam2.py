@@ -8,26 +8,25 @@ the best weights atomically to the provider's fine-tuned checkpoint; the infer t
 their next request. A stopped or failed run publishes nothing. Progress goes to stdout (shown in
 `/train` status), to a stats file (shown in `/info` train_stats) and to TensorBoard under model/runs.
 
-Request params: max_steps (2000), max_minutes (14: a default run ends within 15 minutes on 2 CPU
-cores; where fewer steps fit, the schedule is shortened to them: training/schedule.py; 0 = no limit), val_split (0.2), clip_len (6), max_objects (3),
-draw (structure: which structure a clip follows first, each labelled structure of each image as often as any other;
-image: a labelled image, then one of its structures; training/clips.py), clips_per_step (2: over all processes), lr,
-train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with true, torch DDP launched by torchrun over
-all GPUs), cpu_processes (on a machine without GPUs: auto, one gloo process under torchrun per thread the server
-may use and at most one per clip of a step, each with its share of the threads; or a number, 1 for one process: medsam2/training/launch.py),
-replay (0: the share of clips drawn from what the model was trained on, against forgetting it; only
-the demo model's training data is known, generated here; docs/training.md), anchor (0: L2-SP, each
-weight pulled back toward the served model's, against forgetting without the old data; needs a
-checkpoint to start from; docs/training.md), unlabelled_click (0: the share of clips that also get a
-click outside the labels whose answer must contain it, so that one labelled structure teaches the click,
-not the anatomy, to name the target; docs/training.md, "Which lung: three seeds"), keep_start (0: the share
-of clips on which random clicks on up to 8 of the datastore's unlabelled images (without any: outside the
-labels) must be answered as the served model answered them, on the clicked slice and the three tracked after it,
-against forgetting without the old data; needs a checkpoint to start from; clicks that look like a
-labelled structure to the served model's image encoder are left out, so that a structure the unlabelled
-images also hold is still learned; docs/training.md, "Keeping the start's answers"), promote_margin (0.01: a
-candidate is published only if its validation Dice beats the served model's, measured on the same
-images at the start of the run, by this much).
+Request params: max_steps (2000), max_minutes (14: a default run ends within 15 minutes on 2 CPU cores; where fewer
+steps fit, the schedule is shortened to them: training/schedule.py; 0 = no limit), val_split (0.2), clip_len (6),
+max_objects (3), draw (structure: which structure a clip follows first, each labelled structure of each image as
+often as any other; image: a labelled image, then one of its structures; training/clips.py), clips_per_step (2: over
+all processes), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with true, torch DDP
+launched by torchrun over all GPUs), cpu_processes (on a machine without GPUs: auto, one gloo process under torchrun
+per thread the server may use and at most one per clip of a step, each with its share of the threads; or a number, 1
+for one process: medsam2/training/launch.py), replay (0: the share of clips drawn from what the model was trained
+on, against forgetting it; only the demo model's training data is known, generated here; docs/training.md), anchor
+(0: L2-SP, each weight pulled back toward the served model's, against forgetting without the old data; needs a
+checkpoint to start from; docs/training.md), unlabelled_click (0: the share of clips that also get a click outside
+the labels whose answer must contain it, so that one labelled structure teaches the click, not the anatomy, to name
+the target; docs/training.md, "Which lung: three seeds"), keep_start (0: the share of clips on which random clicks
+on up to 8 of the datastore's unlabelled images (without any: outside the labels) must be answered as the served
+model answered them, on the clicked slice and the three tracked after it, against forgetting without the old data;
+needs a checkpoint to start from; clicks that look like a labelled structure to the served model's image encoder are
+left out, so that a structure the unlabelled images also hold is still learned; docs/training.md, "Keeping the
+start's answers"), promote_margin (0.01: a candidate is published only if its validation Dice beats the served
+model's, measured on the same images at the start of the run, by this much).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ chosen structure is visible, with up to `max_objects` structures of that volume 
 clips start near the end of the structure and run past it, so the model learns where to stop.
 Which structure a clip follows first is drawn by `DRAWS`: each labelled structure of each volume as
 often as any other, or (the rule until 2026-12-08, which the demo recipe keeps) a volume first and then
-one of its structures, so that an image with one label weighed as much as one with seven.
+one of its structures, so that an image with one label weighed as much as one with six.
 2D images are volumes with one slice: their clips have length 1 (prompted frame only).
 
 `Augment` shows each clip as another view of its volume, the same for all of its frames: mirrored

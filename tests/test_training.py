@@ -55,7 +55,7 @@ def test_half_the_clips_run_past_the_end_of_the_structure(volumes):
 
 def test_each_saved_structure_is_followed_as_often_as_any_other_however_the_labels_are_spread():
     """One image with one label and one with three: drawn by structure, each of the four leads a quarter of
-    the clips; drawn by image (the demo recipe's rule), the lone label leads half of them."""
+    the clips; drawn by image (the default), the lone label leads half of them."""
     lone = np.zeros((24, 24, 6), np.int64)
     lone[4:10, 4:10, 1:5] = 1
     three = np.zeros_like(lone)

@@ -5,9 +5,9 @@ all of them. A clip here is `clip_len` consecutive slices of one labelled volume
 increasing or decreasing k (the engine propagates both ways), starting on a slice where the first
 chosen structure is visible, with up to `max_objects` structures of that volume as a batch. Half the
 clips start near the end of the structure and run past it, so the model learns where to stop.
-Which structure a clip follows first is drawn by `DRAWS`: each labelled structure of each volume as
-often as any other, or (the rule until 2026-12-08, which the demo recipe keeps) a volume first and then
-one of its structures, so that an image with one label weighed as much as one with six.
+Which structure a clip follows first is drawn by `DRAWS`: a volume first and then one of its structures
+(the default: an image with one label weighs as much as one with six), or each labelled structure of each
+volume as often as any other (docs/training.md, "Which structure a clip follows").
 2D images are volumes with one slice: their clips have length 1 (prompted frame only).
 
 `Augment` shows each clip as another view of its volume, the same for all of its frames: mirrored

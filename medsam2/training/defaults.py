@@ -27,11 +27,11 @@ DEFAULT_RUN = {
     # "Shorter clips"); 2000 steps of 6 gave what 2000 of 8 gave (0.86). A request can ask for SAM 2's 8.
     "clip_len": 6,
     "max_objects": 3,  # structures tracked together in one clip
-    # which structure a clip follows first: each labelled structure of each image as often as any other, not
-    # each image (then one of its structures). With a lung on a chest CT, six structures on an MR and a skull
-    # on a head CT labelled, the MR's six got 0.47 and 0.46 (seeds 0, 1) against 0.28 and 0.34 by image, and
-    # all eight 0.46 and 0.55 against 0.42 and 0.46 (docs/training.md, "Which structure a clip follows")
-    "draw": "structure",
+    # which structure a clip follows first: an image, then one of its structures. By structure (each labelled
+    # structure of each image as often as any other) the six MR structures of the learning curve's N = 8 were
+    # learned better (0.42-0.47 against 0.28-0.35, three seeds) but the lone lung was lost in two seeds of
+    # three (0.00); the mean of all eight was the same (docs/training.md, "Which structure a clip follows")
+    "draw": "image",
     "clips_per_step": 2,  # over all processes (launch.py shares them among the ranks)
     "val_every": 200,  # steps between validations
 }

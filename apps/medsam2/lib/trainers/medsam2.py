@@ -10,8 +10,8 @@ their next request. A stopped or failed run publishes nothing. Progress goes to 
 
 Request params: max_steps (2000), max_minutes (14: a default run ends within 15 minutes on 2 CPU cores; where fewer
 steps fit, the schedule is shortened to them: training/schedule.py; 0 = no limit), val_split (0.2), clip_len (6),
-max_objects (3), draw (structure: which structure a clip follows first, each labelled structure of each image as
-often as any other; image: a labelled image, then one of its structures; training/clips.py), clips_per_step (2: over
+max_objects (3), draw (image: which structure a clip follows first, a labelled image and then one of its structures;
+structure: each labelled structure of each image as often as any other; training/clips.py), clips_per_step (2: over
 all processes), lr, train_modules (auto | all | no_image_encoder), seed, multi_gpu (false: with true, torch DDP
 launched by torchrun over all GPUs), cpu_processes (on a machine without GPUs: auto, one gloo process under torchrun
 per thread the server may use and at most one per clip of a step, each with its share of the threads; or a number, 1

@@ -61,15 +61,15 @@ class UnlabelledFrames:
 
 
 class LabelledLook:
-    """What each labelled structure looks like to the start's image encoder, to tell a click on something
-    like it. SAM 2's deepest image features (`vision_features`, unit length) over up to `slices` of each
-    structure's slices give one mean per structure of each image, and `kinds` means of what lies outside
-    them all (k-means: outside a lung lie air, soft tissue, bone, the table; with one outside mean the air
-    around a head read as lung). A click is like a labelled structure where its feature, or one `reach`
-    feature cells from it, is nearest one of the structures' means. Keeping the start's answers to such clicks keeps the run from
-    learning them: with the chest CT itself as the unlabelled image, a run on its left lung did not learn
-    the lung (0.002); leaving them out, it did (0.735; docs/training.md, "Leaving out the clicks on what
-    the run learns")."""
+    """What each labelled structure looks like to the start's image encoder, to tell a click on something like
+    it. SAM 2's deepest image features (`vision_features`, unit length) over up to `slices` of each structure's
+    slices give one mean per structure of each image, and `kinds` means of what lies outside them all (k-means:
+    outside a lung lie air, soft tissue, bone, the table; with one outside mean the air around a head read as
+    lung). A click is like a labelled structure where its feature, or one `reach` feature cells from it, is
+    nearest one of the structures' means. Keeping the start's answers to such clicks keeps the run from learning
+    them: with the chest CT itself as the unlabelled image, a run on its left lung did not learn the lung
+    (0.002); leaving them out, it did (0.735; docs/training.md, "Leaving out the clicks on what the run
+    learns")."""
 
     def __init__(self, model: torch.nn.Module, volumes: list[LabelledVolume], slices: int = 16, kinds: int = 4,
                  reach: float = 0.5):
